@@ -1,0 +1,133 @@
+"""Training examples from the rendered manifest: tokenized text plus the example's pages.
+
+Each manifest row becomes: the prompt (chat template where the LLM has one) and a target chosen
+by the objective mix, loss on the target only; pages as pixel values (encoder run each step) or
+as cached features (`features.FeatureCache`, the default when the encoder is frozen).
+
+Objectives: `qa` answers the record's prompt; `reconstruct` repeats the memory text (dense
+supervision, the alignment stage OCR models train first); `continue` writes what follows.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from ocrmem.settings import OBJECTIVES
+
+PROMPTS = {"reconstruct": "Repeat the text of the memory pages exactly.", "continue": "Continue the text."}
+
+
+def chat_prompt(tokenizer, prompt: str) -> list[int]:
+    """Token ids of a user turn ready for the answer (chat template where the tokenizer has one)."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                             tokenize=False)
+        return tokenizer(text, add_special_tokens=False).input_ids
+    return tokenizer(prompt + "\n").input_ids
+
+
+def pick_objective(row: dict, mix: dict[str, float], seed: int, index: int) -> str:
+    """Deterministic per (seed, index), so a resumed run sees the same targets as an uninterrupted one."""
+    usable = {k: w for k, w in mix.items() if w > 0 and (k != "continue" or row.get("continuation"))}
+    if not usable:
+        usable = {"qa": 1.0}
+    rng = random.Random(seed * 1_000_003 + index)
+    return rng.choices(list(usable), weights=list(usable.values()))[0]
+
+
+def target_text(row: dict, objective: str) -> tuple[str, str]:
+    """(prompt, target) of a manifest row for an objective."""
+    if objective == "qa":
+        return row["prompt"], row["target"]
+    if objective == "reconstruct":
+        kept = row["history"][len(row["history"]) - row.get("kept_chars", len(row["history"])):]
+        return PROMPTS["reconstruct"], kept
+    return PROMPTS["continue"], row["continuation"]
+
+
+class PixelPages:
+    """Pages as encoder inputs, read from the rendered PNGs."""
+
+    key = "pixel_values"
+
+    def __init__(self, rendered_dir: str | Path, encoder):
+        self.root, self.encoder = Path(rendered_dir), encoder
+
+    def __call__(self, row: dict) -> torch.Tensor:
+        images = []
+        for p in row["pages"]:
+            with Image.open(self.root / p) as im:
+                images.append(im.copy())
+        return self.encoder.preprocess(images) if images else None
+
+
+class CachedPages:
+    """Pages as cached encoder features, looked up by page sha256."""
+
+    key = "features"
+
+    def __init__(self, cache):
+        self.cache = cache
+
+    def __call__(self, row: dict) -> torch.Tensor:
+        return self.cache.get(row["sha256"]) if row["pages"] else None
+
+
+class MemoryDataset(Dataset):
+    def __init__(self, rows: list[dict], tokenizer, pages, objectives: dict[str, float] | None = None, seed: int = 0,
+                 max_prompt_tokens: int = 128, max_target_tokens: int = 64, with_memory: bool = True):
+        self.rows, self.tok, self.pages = rows, tokenizer, pages
+        self.mix = objectives or {"qa": 1.0}
+        self.seed, self.max_prompt, self.max_target = seed, max_prompt_tokens, max_target_tokens
+        self.with_memory = with_memory
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def encode_text(self, prompt: str, target: str | None) -> tuple[list[int], list[int]]:
+        ids = chat_prompt(self.tok, prompt)[-self.max_prompt:]
+        labels = [-100] * len(ids)
+        if target is not None:
+            t = self.tok(target, add_special_tokens=False).input_ids[: self.max_target]
+            if self.tok.eos_token_id is not None:
+                t = t + [self.tok.eos_token_id]
+            ids, labels = ids + t, labels + t
+        return ids, labels
+
+    def __getitem__(self, i: int) -> dict:
+        row = self.rows[i]
+        objective = pick_objective(row, self.mix, self.seed, i)
+        prompt, target = target_text(row, objective)
+        ids, labels = self.encode_text(prompt, target)
+        pages = self.pages(row) if self.with_memory else None
+        return {"input_ids": ids, "labels": labels, "pages": pages, "objective": OBJECTIVES.index(objective)}
+
+
+class MemoryCollator:
+    """Right-pads text; concatenates pages of all samples; page_counts say who owns which."""
+
+    def __init__(self, pad_token_id: int, pages_key: str):
+        self.pad, self.key = pad_token_id, pages_key
+
+    def __call__(self, items: list[dict]) -> dict:
+        n = max(len(x["input_ids"]) for x in items)
+        ids = torch.full((len(items), n), self.pad, dtype=torch.long)
+        labels = torch.full((len(items), n), -100, dtype=torch.long)
+        mask = torch.zeros((len(items), n), dtype=torch.long)
+        for i, x in enumerate(items):
+            k = len(x["input_ids"])
+            ids[i, :k] = torch.tensor(x["input_ids"])
+            labels[i, :k] = torch.tensor(x["labels"])
+            mask[i, :k] = 1
+        pages = [x["pages"] for x in items if x["pages"] is not None and len(x["pages"])]
+        counts = torch.tensor([0 if x["pages"] is None else len(x["pages"]) for x in items], dtype=torch.long)
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels, "page_counts": counts,
+                 "objective_ids": torch.tensor([x["objective"] for x in items], dtype=torch.long)}
+        if pages:
+            batch[self.key] = torch.cat(pages)
+        return batch

@@ -1,0 +1,149 @@
+"""Feature cache: the frozen encoder runs once over the rendered pages; training reads the result.
+
+    ocrmem encode [--params params.yaml]     # -> data/features/{index.json, shard-*.safetensors}
+
+Pages are keyed by the sha256 of their PNG, so a page shared by splits is encoded once. The index
+records the encoder fingerprint and the render settings; a cache made by another encoder or other
+render settings is refused, never used silently. Shards are written atomically and the index after
+each shard, so a killed run resumes where it stopped; `complete` marks a finished cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from ocrmem.model.encoder import DTYPES, FrozenEncoder
+from ocrmem.settings import Settings
+
+INDEX = "index.json"
+
+
+class CacheMismatchError(ValueError):
+    pass
+
+
+def cache_fingerprint(encoder: FrozenEncoder, settings: Settings) -> dict:
+    return {"encoder": encoder.fingerprint(), "render": settings.render.model_dump(),
+            "store_dtype": settings.features.store_dtype}
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(path.suffix + f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def encode_pages(settings: Settings, encoder: FrozenEncoder | None = None, progress: bool = True) -> dict:
+    """Encode every page of every rendered split not yet in the cache; return the cache's stats."""
+    from ocrmem.data import read_manifest
+    from ocrmem.model.encoder import build_encoder
+
+    if not settings.model.encoder_frozen:
+        raise ValueError("model.encoder_frozen is false: an unfrozen encoder changes every step, so there is no "
+                         "feature cache; set train.use_feature_cache: false (encode is skipped)")
+    encoder = encoder or build_encoder(settings.model, settings.render)
+    out = settings.features_dir
+    out.mkdir(parents=True, exist_ok=True)
+    fp = cache_fingerprint(encoder, settings)
+    index_path = out / INDEX
+    index = json.loads(index_path.read_text()) if index_path.is_file() else None
+    if index is not None and index.get("fingerprint") != fp:
+        # Another encoder/render: start over rather than mix features of two encoders.
+        for f in out.glob("shard-*.safetensors"):
+            f.unlink()
+        index = None
+    index = index or {"fingerprint": fp, "pages": {}, "shards": [], "complete": False}
+
+    todo: dict[str, Path] = {}
+    for split in ("train", "eval"):
+        for row in read_manifest(settings, split):
+            for rel, sha in zip(row["pages"], row["sha256"]):
+                if sha not in index["pages"]:
+                    todo[sha] = settings.rendered_dir / rel
+    if not todo and index["complete"]:
+        print(f"feature cache {out} is up to date ({len(index['pages'])} pages): nothing to encode")
+        return index
+    device = _device(settings.features.device)
+    encoder.to(device)
+    store = DTYPES[settings.features.store_dtype]
+    items = sorted(todo.items())
+    bs, per_shard = settings.features.batch_size, settings.features.shard_pages
+    bar = tqdm(total=len(items), desc="encode", unit="page", disable=not progress)
+    for s0 in range(0, len(items), per_shard):
+        chunk = items[s0:s0 + per_shard]
+        tensors = {}
+        for b0 in range(0, len(chunk), bs):
+            batch = chunk[b0:b0 + bs]
+            images = []
+            for _, path in batch:
+                with Image.open(path) as im:
+                    images.append(im.copy())
+            feats = encoder(encoder.preprocess(images).to(device)).to("cpu", store)
+            for (sha, _), f in zip(batch, feats):
+                tensors[sha] = f.contiguous()
+            bar.update(len(batch))
+        name = f"shard-{len(index['shards']):05d}.safetensors"
+        tmp = out / (name + ".tmp")
+        save_file(tensors, str(tmp))
+        os.replace(tmp, out / name)
+        index["shards"].append(name)
+        index["pages"].update({sha: name for sha in tensors})
+        _write_json_atomic(index_path, index)
+    bar.close()
+    sample = next(iter(tensors.values())) if items else None
+    index["complete"] = True
+    if sample is not None:
+        index["tokens"], index["dim"] = list(sample.shape)
+    _write_json_atomic(index_path, index)
+    print(f"feature cache {out}: {len(index['pages'])} pages ({len(items)} encoded now) on {device}")
+    return index
+
+
+class FeatureCache:
+    """Read-only view of a finished cache; refuses one made by another encoder or render."""
+
+    def __init__(self, cache_dir: str | Path, expected_fingerprint: dict | None = None):
+        self.dir = Path(cache_dir)
+        index_path = self.dir / INDEX
+        if not index_path.is_file():
+            raise FileNotFoundError(f"no feature cache at {self.dir}: run `ocrmem encode` first")
+        self.index = json.loads(index_path.read_text())
+        if not self.index.get("complete"):
+            raise CacheMismatchError(f"feature cache {self.dir} is incomplete (an encode was interrupted): "
+                                     "rerun `ocrmem encode` to finish it")
+        if expected_fingerprint is not None and self.index["fingerprint"] != expected_fingerprint:
+            have, want = self.index["fingerprint"], expected_fingerprint
+            diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+            raise CacheMismatchError(
+                f"feature cache {self.dir} was made with other {', '.join(diff)} than this config "
+                f"(cache: {[have.get(k) for k in diff]}, config: {[want.get(k) for k in diff]}): rerun `ocrmem encode`"
+            )
+        self._handles: dict[str, object] = {}
+
+    def _open(self, shard: str):
+        if shard not in self._handles:  # opened lazily, per process (DataLoader workers get their own)
+            self._handles[shard] = safe_open(str(self.dir / shard), framework="pt")
+        return self._handles[shard]
+
+    def __getstate__(self):
+        return {**self.__dict__, "_handles": {}}
+
+    def get(self, shas: list[str]) -> torch.Tensor:
+        missing = [s for s in shas if s not in self.index["pages"]]
+        if missing:
+            raise KeyError(f"pages {missing[:3]} are not in the feature cache {self.dir}: rerun `ocrmem encode`")
+        return torch.stack([self._open(self.index["pages"][s]).get_tensor(s) for s in shas])

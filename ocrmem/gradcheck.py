@@ -1,0 +1,177 @@
+"""Gradient-flow check: one real batch through the model, and a diagnosis naming the broken link.
+
+    ocrmem gradcheck [--params params.yaml]     # writes metrics/gradcheck.json, exit 1 on failure
+
+Healthy (BACKGROUND.md): the loss has a grad_fn, backward() runs, every trainable parameter gets a
+finite non-zero gradient, every frozen parameter gets none, only the projector (and the encoder if
+the config unfreezes it) trains, and a frozen encoder records no graph. Hooks watch each link of
+encoder -> projector -> LLM so a failure says where the chain broke, not just that it did.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ocrmem.model.ocrmem import OcrMemModel
+
+
+class GradientFlowError(RuntimeError):
+    def __init__(self, report: "GradReport"):
+        self.report = report
+        super().__init__("gradient-flow check failed:\n  - " + "\n  - ".join(report.diagnosis))
+
+
+@dataclass
+class GradReport:
+    ok: bool
+    diagnosis: list[str]
+    loss: float | None
+    loss_has_grad_fn: bool
+    trainable_grad_norms: dict[str, float | None]
+    frozen_with_grad: list[str]
+    links: dict[str, bool] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _in_reentrant_checkpoint() -> bool:
+    return any(f.filename.replace("\\", "/").endswith("torch/utils/checkpoint.py") and f.function == "forward"
+               for f in inspect.stack(context=0))
+
+
+def _reentrant_llm(model: OcrMemModel) -> bool:
+    for m in model.llm.modules():
+        fn = getattr(m, "_gradient_checkpointing_func", None)
+        if getattr(m, "gradient_checkpointing", False) and fn is not None:
+            if getattr(fn, "keywords", {}).get("use_reentrant", True):
+                return True
+    return False
+
+
+def expected_trainable(model: OcrMemModel) -> set[str]:
+    names = {f"projector.{n}" for n, _ in model.projector.named_parameters()}
+    if not model.encoder.frozen:
+        names |= {f"encoder.{n}" for n, _ in model.encoder.named_parameters()}
+    return names
+
+
+def check_gradient_flow(model: OcrMemModel, batch: dict) -> GradReport:
+    """Run forward+backward on `batch`, inspect every link; never raises for a broken chain."""
+    seen: dict[str, object] = {}
+
+    def enc_hook(mod, args, out):
+        seen["enc_out_graph"] = out.grad_fn is not None
+
+    def proj_hook(mod, args, out):
+        seen["proj_grad_mode"] = torch.is_grad_enabled()
+        seen["proj_out_requires_grad"] = out.requires_grad
+        seen["proj_in_checkpoint"] = _in_reentrant_checkpoint()
+
+    def llm_hook(mod, args, kwargs, out):
+        emb = kwargs.get("inputs_embeds")
+        seen["llm_grad_mode"] = torch.is_grad_enabled()
+        seen["llm_in_requires_grad"] = bool(emb is not None and emb.requires_grad)
+        seen["llm_out_requires_grad"] = out.logits.requires_grad
+
+    hooks = [model.encoder.register_forward_hook(enc_hook), model.projector.register_forward_hook(proj_hook),
+             model.llm.register_forward_hook(llm_hook, with_kwargs=True)]
+    trainable = dict(model.trainable_parameters())
+    for p in model.parameters():
+        p.grad = None
+    diagnosis, warnings = [], []
+    was_training = model.training
+    model.train()
+    try:
+        out = model(**batch)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    loss = out.loss
+    has_fn = loss is not None and loss.grad_fn is not None
+    mem_pages = int(batch["page_counts"].sum()) if batch.get("page_counts") is not None else 0
+
+    if not trainable:
+        diagnosis.append("no trainable parameters: every parameter has requires_grad=False; the projector must "
+                         "train (OcrMemModel.trainable_parameters() is empty; was requires_grad_(False) applied to "
+                         "the whole model?)")
+    extra = sorted(set(trainable) - expected_trainable(model))
+    if extra:
+        diagnosis.append(f"frozen parts are trainable: {extra[:5]}{' ...' if len(extra) > 5 else ''} have "
+                         "requires_grad=True; only the projector (and an unfrozen encoder) may train")
+    if mem_pages == 0:
+        diagnosis.append("the batch has no memory pages: nothing connects the projector to the loss; check the "
+                         "data (page_counts are all 0)")
+    if model.encoder.frozen and seen.get("enc_out_graph"):
+        diagnosis.append("the frozen encoder recorded an autograd graph: it must run under no_grad (wasted memory "
+                         "and time, and a sign that its weights are not frozen)")
+    if trainable and mem_pages and "proj_out_requires_grad" in seen and not seen["proj_out_requires_grad"]:
+        if seen.get("proj_in_checkpoint"):
+            diagnosis.append("reentrant checkpointing on frozen inputs: the projector runs inside "
+                             "torch.utils.checkpoint(use_reentrant=True) whose inputs (frozen features) do not "
+                             "require grad, so its output has no graph; use use_reentrant=False")
+        elif not seen.get("proj_grad_mode"):
+            diagnosis.append("projector output does not require grad: the projector ran under torch.no_grad() (or "
+                             "inference_mode); only the frozen encoder may run without autograd")
+        elif not any(p.requires_grad for p in model.projector.parameters()):
+            diagnosis.append("projector output does not require grad: the projector's parameters are frozen "
+                             "(requires_grad=False)")
+        else:
+            diagnosis.append("projector output does not require grad although grad mode was on: something inside "
+                             "it detaches (.detach(), .data, a numpy round trip)")
+    elif seen.get("proj_out_requires_grad") and "llm_in_requires_grad" in seen and not seen["llm_in_requires_grad"]:
+        diagnosis.append("memory embeddings lost their graph between the projector and the LLM (.detach(), .data "
+                         "or a copy into a preallocated tensor under no_grad)")
+    elif seen.get("llm_in_requires_grad") and not seen.get("llm_out_requires_grad", True):
+        if not seen.get("llm_grad_mode"):
+            diagnosis.append("LLM run without autograd: the frozen LLM ran under torch.no_grad(); gradients must flow "
+                             "back through it to the projector (freeze its weights, not its graph)")
+        elif _reentrant_llm(model):
+            diagnosis.append("reentrant checkpointing on frozen inputs in the LLM: enable gradient checkpointing "
+                             "with use_reentrant=False")
+        else:
+            diagnosis.append("LLM logits do not require grad although its inputs do")
+    if loss is not None and not has_fn and not diagnosis:
+        diagnosis.append("the loss has no grad_fn: it was detached after the logits (.item(), .detach()) ")
+    if _reentrant_llm(model):
+        warnings.append("the LLM uses reentrant checkpointing: it only works while its inputs require grad; "
+                        "prefer use_reentrant=False")
+
+    norms: dict[str, float | None] = {n: None for n in trainable}
+    frozen_with_grad: list[str] = []
+    if has_fn:
+        try:
+            loss.backward()
+        except RuntimeError as e:
+            diagnosis.append(f"backward() failed: {e}")
+        for n, p in model.named_parameters():
+            if n in trainable:
+                norms[n] = None if p.grad is None else float(p.grad.float().norm())
+            elif p.grad is not None:
+                frozen_with_grad.append(n)
+        no_grad = [n for n, g in norms.items() if g is None]
+        zero = [n for n, g in norms.items() if g is not None and g == 0.0]
+        bad = [n for n, g in norms.items() if g is not None and not math.isfinite(g)]
+        if no_grad and not diagnosis:
+            diagnosis.append(f"trainable parameters received no gradient: {no_grad[:5]} (not on the loss's path)")
+        if zero:
+            diagnosis.append(f"trainable parameters received an all-zero gradient: {zero[:5]} (memory masked out of "
+                             "attention, or labels all -100?)")
+        if bad:
+            diagnosis.append(f"non-finite gradient in {bad[:5]}: lower the learning rate or use bf16/fp32")
+        if frozen_with_grad:
+            diagnosis.append(f"frozen parameters received a gradient: {frozen_with_grad[:5]}")
+    for p in model.parameters():
+        p.grad = None
+    links = {k: bool(v) for k, v in seen.items()}
+    return GradReport(
+        ok=not diagnosis, diagnosis=diagnosis, loss=None if loss is None else float(loss.detach()),
+        loss_has_grad_fn=has_fn, trainable_grad_norms=norms, frozen_with_grad=frozen_with_grad, links=links,
+        warnings=warnings,
+    )

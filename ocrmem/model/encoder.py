@@ -1,0 +1,257 @@
+"""Frozen OCR encoders behind one builder: page images -> [pages, tokens, dim] features.
+
+Every encoder exposes `preprocess(images) -> pixel_values`, `forward(pixel_values) -> features`,
+`out_dim`, `tokens_per_page` and `fingerprint()` (what a feature cache must match).
+`FrozenEncoder` wraps one: it freezes the weights, stays in eval mode and runs without autograd,
+because nothing upstream of the projector needs a graph (BACKGROUND.md). Unfrozen, it runs with
+autograd and the feature cache does not apply.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from ocrmem.settings import ModelSettings, RenderSettings, Settings, is_local_path
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _to_rgb_array(img: Image.Image, size: int) -> np.ndarray:
+    img = img.convert("RGB")
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BICUBIC)
+    return np.asarray(img, dtype=np.uint8)
+
+
+class PixelEncoder(nn.Module):
+    """No weights: the page's ink (1 - gray) cut into square patches, flattened.
+
+    The parameter-free baseline (ANCHORS.md: mean pooling matched a vision encoder) and the CPU
+    stand-in. A 512px page with 64px patches gives 64 tokens of 4096 values.
+    """
+
+    kind = "pixels"
+
+    def __init__(self, patch_size: int, page_size: int):
+        super().__init__()
+        if page_size % patch_size:
+            raise ValueError(
+                f"model.pixel_patch_size={patch_size} does not divide render.page_size={page_size}: "
+                "pick a patch size that divides the page"
+            )
+        self.patch_size, self.page_size = patch_size, page_size
+        self.out_dim = patch_size * patch_size
+        self.tokens_per_page = (page_size // patch_size) ** 2
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        arr = np.stack([np.asarray(im.convert("L").resize((self.page_size,) * 2)
+                                   if im.size != (self.page_size,) * 2 else im.convert("L")) for im in images])
+        return torch.from_numpy(arr).unsqueeze(1)  # uint8 [P, 1, H, W]: 4x smaller than float in the loader
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        ink = 1.0 - pixel_values.float() / 255.0
+        p = self.patch_size
+        patches = ink.unfold(2, p, p).unfold(3, p, p)  # [P, 1, gh, gw, p, p]
+        n, _, gh, gw = patches.shape[:4]
+        return patches.reshape(n, gh * gw, p * p)
+
+    def fingerprint(self) -> dict:
+        return {"kind": self.kind, "patch_size": self.patch_size, "page_size": self.page_size}
+
+
+def _hub_kwargs(ms: ModelSettings) -> dict:
+    return {"revision": ms.revision, "trust_remote_code": ms.trust_remote_code}
+
+
+def _resolve_file(name: str, filename: str, revision: str | None) -> Path | None:
+    """A file of a local dir or a hub repo (downloaded on demand); None when it is not there."""
+    if is_local_path(name) or Path(name).is_dir():
+        p = Path(name).expanduser() / filename
+        return p if p.is_file() else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(name, filename, revision=revision))
+    except EntryNotFoundError:
+        return None
+
+
+class DeepseekOcr2Encoder(nn.Module):
+    """The vision tower of DeepSeek-OCR-2 (SAM + Qwen2-style encoder, 256 queries per 1024px page).
+
+    Only the tower's weights are read from the checkpoint (keys under `vision_tower.`): the 3B
+    decoder is never built. Preprocessing is the checkpoint's global view: RGB, 1024x1024,
+    rescale to [0, 1], normalise with the processor's mean and std.
+    """
+
+    kind = "deepseek_ocr2"
+
+    def __init__(self, name: str, ms: ModelSettings):
+        super().__init__()
+        from transformers import AutoConfig, DeepseekOcr2ForConditionalGeneration
+        from transformers.utils import logging as hf_logging
+
+        config = AutoConfig.from_pretrained(name, **_hub_kwargs(ms))
+        if getattr(config, "model_type", None) != "deepseek_ocr2":
+            raise ValueError(
+                f"model.ocr_model_name={name!r} is a {config.model_type!r} checkpoint, not deepseek_ocr2: "
+                "use encoder: hf_vision for other vision models"
+            )
+        # Shrink the 3B decoder to nothing before building: its tensors are read and dropped, while
+        # transformers' own key conversion still maps the checkpoint's vision tower for us.
+        tc = config.text_config
+        tc.num_hidden_layers, tc.mlp_layer_types, tc.vocab_size = 0, [], 8
+        tc.hidden_size = tc.intermediate_size = tc.num_attention_heads = tc.num_key_value_heads = 1
+        tc.head_dim = 1
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            full, info = DeepseekOcr2ForConditionalGeneration.from_pretrained(
+                name, config=config, ignore_mismatched_sizes=True, output_loading_info=True,
+                dtype=DTYPES[ms.dtype], **_hub_kwargs(ms),
+            )
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        bad = [k for k in info["missing_keys"] if "vision_tower" in k]
+        bad += [k for k, *_ in info["mismatched_keys"] if "vision_tower" in k]
+        if bad:
+            raise ValueError(f"{name!r}: vision tower weights missing or misshaped ({bad[:5]}): not a DeepSeek-OCR-2 checkpoint?")
+        self.tower = full.model.vision_tower
+        del full
+        vcfg = config.vision_config
+        pre = _resolve_file(name, "preprocessor_config.json", ms.revision)
+        pcfg = json.loads(pre.read_text()) if pre else {}
+        self.image_size = int(pcfg.get("size", {}).get("height", vcfg.sam_config.image_size))
+        self.register_buffer("mean", torch.tensor(pcfg.get("image_mean", [0.5] * 3)).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(pcfg.get("image_std", [0.5] * 3)).view(1, 3, 1, 1), persistent=False)
+        self.rescale = float(pcfg.get("rescale_factor", 1 / 255))
+        self.out_dim = vcfg.encoder_config.hidden_size
+        self.tokens_per_page = 256 if self.image_size > 768 else 144
+        self.name = name
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        return torch.from_numpy(np.stack([_to_rgb_array(im, self.image_size) for im in images])).permute(0, 3, 1, 2)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        dtype = next(self.tower.parameters()).dtype
+        x = (pixel_values.float() * self.rescale - self.mean) / self.std
+        return self.tower(pixel_values=x.to(dtype)).last_hidden_state
+
+    def fingerprint(self) -> dict:
+        return {"kind": self.kind, "name": self.name, "image_size": self.image_size}
+
+
+class HFVisionEncoder(nn.Module):
+    """Any transformers vision model returning `last_hidden_state` (SigLIP, CLIP, ViT, ...)."""
+
+    kind = "hf_vision"
+
+    def __init__(self, name: str, ms: ModelSettings):
+        super().__init__()
+        from transformers import AutoImageProcessor, AutoModel
+
+        model = AutoModel.from_pretrained(name, dtype=DTYPES[ms.dtype], **_hub_kwargs(ms))
+        self.model = getattr(model, "vision_model", model)  # CLIPModel/SiglipModel: keep the tower only
+        self.processor = AutoImageProcessor.from_pretrained(name, **_hub_kwargs(ms))
+        cfg = getattr(self.model, "config", model.config)
+        cfg = getattr(cfg, "vision_config", cfg)
+        self.out_dim = cfg.hidden_size
+        size = cfg.image_size if isinstance(cfg.image_size, int) else cfg.image_size[0]
+        patch = cfg.patch_size if isinstance(cfg.patch_size, int) else cfg.patch_size[0]
+        self.image_size = size
+        with torch.no_grad():
+            probe = self.model(pixel_values=torch.zeros(1, 3, size, size, dtype=DTYPES[ms.dtype]))
+        self.tokens_per_page = probe.last_hidden_state.shape[1]
+        assert self.tokens_per_page >= (size // patch) ** 2
+        self.name = name
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        return self.processor(images=[im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        dtype = next(self.model.parameters()).dtype
+        return self.model(pixel_values=pixel_values.to(dtype)).last_hidden_state
+
+    def fingerprint(self) -> dict:
+        return {"kind": self.kind, "name": self.name, "image_size": self.image_size}
+
+
+class FrozenEncoder(nn.Module):
+    """Freezes the wrapped encoder when built; frozen means eval mode and no autograd, always."""
+
+    def __init__(self, encoder: nn.Module, frozen: bool = True):
+        super().__init__()
+        self.encoder, self.frozen = encoder, frozen
+        if frozen:
+            encoder.requires_grad_(False)
+            encoder.eval()
+
+    def train(self, mode: bool = True) -> "FrozenEncoder":
+        super().train(mode)
+        if self.frozen:
+            self.encoder.eval()  # Trainer calls model.train(): dropout must stay off for cache == on-the-fly
+        return self
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if self.frozen:
+            with torch.no_grad():
+                return self.encoder(pixel_values)
+        return self.encoder(pixel_values)
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        return self.encoder.preprocess(images)
+
+    @property
+    def out_dim(self) -> int:
+        return self.encoder.out_dim
+
+    @property
+    def tokens_per_page(self) -> int:
+        return self.encoder.tokens_per_page
+
+    def fingerprint(self) -> dict:
+        return self.encoder.fingerprint()
+
+
+ENCODERS = {"pixels": PixelEncoder, "deepseek_ocr2": DeepseekOcr2Encoder, "hf_vision": HFVisionEncoder}
+
+
+def build_encoder(ms: ModelSettings, rs: RenderSettings) -> FrozenEncoder:
+    """Map `model.encoder` to a frozen (or, if configured, trainable) encoder."""
+    if ms.encoder not in ENCODERS:
+        raise ValueError(f"model.encoder={ms.encoder!r} is unknown: use one of {', '.join(ENCODERS)}")
+    if ms.encoder == "pixels":
+        enc = PixelEncoder(ms.pixel_patch_size, rs.page_size)
+    else:
+        enc = ENCODERS[ms.encoder](ms.ocr_model_name, ms)
+    return FrozenEncoder(enc, frozen=ms.encoder_frozen)
+
+
+def raw_tokens_per_page(s: Settings) -> int:
+    """Encoder tokens per page without loading weights (for render-time compression figures)."""
+    ms = s.model
+    if ms.encoder == "pixels":
+        return (s.render.page_size // ms.pixel_patch_size) ** 2
+    if ms.encoder == "deepseek_ocr2":
+        return 256 if s.render.page_size > 768 else 144
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(ms.ocr_model_name, **_hub_kwargs(ms))
+    cfg = getattr(cfg, "vision_config", cfg)
+    return (cfg.image_size // cfg.patch_size) ** 2
+
+
+def tokens_per_page(s: Settings) -> int:
+    """LLM memory tokens one page costs: encoder tokens after k x k token pooling."""
+    n = raw_tokens_per_page(s)
+    side = math.isqrt(n)
+    k = s.model.token_pool
+    return n // (k * k) if side * side == n and side % k == 0 else math.ceil(n / (k * k))

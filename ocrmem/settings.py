@@ -1,0 +1,295 @@
+"""Settings: `params.yaml` read by pydantic-settings into one nested model per section.
+
+`params.yaml` is the one source of truth. Environment variables override it with the prefix
+`OCRMEM_` and `__` between levels (`OCRMEM_MODEL__OCR_MODEL_NAME=...`); secrets (the WandB key,
+the HF token) are read from the environment by the libraries that use them, never from here.
+
+A bad config is refused before anything heavy runs: `load_settings` raises `ConfigError` whose
+`messages` name each bad field, its value and the fix; the CLI prints them and exits with 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+ENCODER_KINDS = ("pixels", "deepseek_ocr2", "hf_vision")
+PROJECTOR_KINDS = ("linear", "mlp2x_gelu")
+OBJECTIVES = ("qa", "reconstruct", "continue")
+CONDITIONS = ("no_memory", "truncated_text", "ocr_memory", "full_text")
+
+
+class ConfigError(Exception):
+    """A config that must not start. `messages` holds one line per bad field."""
+
+    def __init__(self, messages: list[str]):
+        self.messages = messages
+        super().__init__("invalid config:\n  " + "\n  ".join(messages))
+
+
+class Section(BaseModel):
+    # A typo in params.yaml is an error, not a silently ignored key.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def is_local_path(name: str) -> bool:
+    """A model name that is a filesystem path (not a hub id): it must exist."""
+    return name.startswith(("/", "./", "../", "~")) or name in (".", "..")
+
+
+class ModelSettings(Section):
+    base_llm_model_name: str = Field(
+        "./models/smollm2-135m-instruct",
+        description="Frozen base LLM: a hub id, or a local directory (start it with ./ or /).",
+    )
+    base_llm_gguf_file: str | None = Field(
+        None, description="GGUF file name inside base_llm_model_name to load instead of safetensors (needs `gguf`)."
+    )
+    ocr_model_name: str = Field(
+        "pixels",
+        description="Frozen OCR encoder weights: hub id or local dir; for encoder=pixels a label, nothing is loaded.",
+    )
+    encoder: str = Field("pixels", description=f"Encoder kind, one of {ENCODER_KINDS}.")
+    encoder_frozen: bool = Field(True, description="Freeze the encoder (eval mode, no autograd, features cacheable).")
+    pixel_patch_size: int = Field(64, gt=0, description="pixels encoder: side of the square patch cut from the page.")
+    projector: str = Field("linear", description=f"Projector kind, one of {PROJECTOR_KINDS}.")
+    token_pool: int = Field(
+        1, gt=0, description="Pool k x k neighbouring page tokens before projecting: pages cost k^2 fewer tokens."
+    )
+    trust_remote_code: bool = Field(False, description="Allow hub repos to run their own code. Off unless you need it.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of both models.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Dtype of the frozen models (bfloat16 on GPUs)."
+    )
+    attn_implementation: str | None = Field(None, description="Attention kernel for the LLM (sdpa, flash_attention_2).")
+
+    @field_validator("base_llm_model_name", "ocr_model_name")
+    @classmethod
+    def _not_blank(cls, v: str, info) -> str:
+        if not v or not v.strip():
+            raise ValueError(
+                f"must name a model, got {v!r}: set model.{info.field_name} in params.yaml "
+                f"(or OCRMEM_MODEL__{info.field_name.upper()}) to a hub id or a local directory"
+            )
+        return v.strip()
+
+    @field_validator("encoder")
+    @classmethod
+    def _encoder_kind(cls, v: str) -> str:
+        if v not in ENCODER_KINDS:
+            raise ValueError(f"unknown encoder {v!r}: use one of {', '.join(ENCODER_KINDS)}")
+        return v
+
+    @field_validator("projector")
+    @classmethod
+    def _projector_kind(cls, v: str) -> str:
+        if v not in PROJECTOR_KINDS:
+            raise ValueError(f"unknown projector {v!r}: use one of {', '.join(PROJECTOR_KINDS)}")
+        return v
+
+
+class RenderSettings(Section):
+    page_size: int = Field(512, gt=0, description="Page side in pixels (1024 for DeepSeek-OCR-2).")
+    margin: int = Field(16, ge=0, description="Blank border in pixels.")
+    font_path: str | None = Field(None, description="TTF/OTF/TTC font; default: bundled Noto Sans CJK (Latin+CJK).")
+    font_size: int = Field(24, gt=0, description="Font size in pixels.")
+    line_spacing: float = Field(1.25, gt=0, description="Line height as a multiple of the font size.")
+    foreground: str = Field("#000000", description="Text colour.")
+    background: str = Field("#ffffff", description="Page colour.")
+    max_pages: int = Field(1, gt=0, description="Page budget per sample; longer history keeps its most recent text.")
+    workers: int = Field(0, ge=0, description="Render processes; 0 = all cores.")
+
+    @model_validator(mode="after")
+    def _margin_fits(self) -> "RenderSettings":
+        if 2 * self.margin + self.font_size > self.page_size:
+            raise ValueError(
+                f"render.margin={self.margin} and render.font_size={self.font_size} leave no room on a "
+                f"{self.page_size}px page: lower them or raise render.page_size"
+            )
+        return self
+
+
+class SyntheticSettings(Section):
+    difficulty: Literal["easy", "medium", "hard"] = Field(
+        "easy", description="easy: key-value sheet, fixed rows; medium: more rows, larger vocabulary; hard: prose."
+    )
+    n_train: int = Field(512, gt=0, description="Training examples.")
+    n_eval: int = Field(64, gt=0, description="Held-out examples.")
+    seed: int = Field(0, description="Seed of the generator; train and eval use disjoint streams.")
+
+
+class DataSettings(Section):
+    source: Literal["synthetic", "jsonl", "text"] = Field("synthetic", description="Where examples come from.")
+    train_files: list[str] = Field(default_factory=list, description="JSONL (or .txt for source=text) for training.")
+    eval_files: list[str] = Field(default_factory=list, description="JSONL (or .txt) held out for evaluation.")
+    text_history_chars: int = Field(4000, gt=0, description="source=text: characters of history per example.")
+    text_continuation_chars: int = Field(400, gt=0, description="source=text: characters of continuation target.")
+    synthetic: SyntheticSettings = Field(default_factory=SyntheticSettings)
+    out_dir: str = Field("data", description="Root of rendered pages, manifests and the feature cache.")
+    max_prompt_tokens: int = Field(128, gt=0, description="Prompt tokens kept (most recent).")
+    max_target_tokens: int = Field(64, gt=0, description="Target tokens kept (first).")
+
+
+class FeatureSettings(Section):
+    batch_size: int = Field(16, gt=0, description="Pages per encoder batch.")
+    store_dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Dtype of cached features.")
+    shard_pages: int = Field(1024, gt=0, description="Pages per safetensors shard.")
+    device: str = Field("auto", description="auto, cpu or cuda[:N].")
+
+
+class TrainSettings(Section):
+    output_dir: str = Field("checkpoints", description="Checkpoints and the final adapter (output_dir/adapter).")
+    max_steps: int = Field(60, gt=0, description="Optimizer steps.")
+    per_device_train_batch_size: int = Field(8, gt=0, description="Examples per device per micro-step.")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-steps per optimizer step.")
+    learning_rate: float = Field(3e-3, gt=0, description="Peak learning rate of the projector.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_steps: int = Field(5, ge=0, description="Linear warm-up steps.")
+    lr_scheduler_type: str = Field("cosine", description="transformers scheduler name.")
+    seed: int = Field(0, description="Seed of init, data order and dropout.")
+    logging_steps: int = Field(5, gt=0, description="Log every N steps.")
+    save_steps: int = Field(20, gt=0, description="Checkpoint every N steps (resume point).")
+    save_total_limit: int = Field(2, gt=0, description="Checkpoints kept.")
+    bf16: bool = Field(False, description="bf16 autocast (GPUs).")
+    gradient_checkpointing: bool = Field(False, description="Checkpoint the frozen LLM (non-reentrant).")
+    deepspeed: str | None = Field(None, description="DeepSpeed JSON (configs/ds_zero2.json, ds_zero3.json) or none.")
+    objectives: dict[str, float] = Field(
+        default_factory=lambda: {"qa": 1.0}, description=f"Mix of targets per example from {OBJECTIVES}."
+    )
+    use_feature_cache: bool = Field(True, description="Read encoder features from the cache when frozen.")
+    dataloader_num_workers: int = Field(0, ge=0, description="DataLoader workers.")
+    gradcheck_at_start: bool = Field(True, description="Run the gradient-flow check on the first batch.")
+    report_to: str = Field("wandb", description="Trainer report_to: wandb or none.")
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = [k for k in v if k not in OBJECTIVES]
+        if bad:
+            raise ValueError(f"unknown objective(s) {bad}: use {', '.join(OBJECTIVES)}")
+        if any(w < 0 for w in v.values()) or sum(v.values()) <= 0:
+            raise ValueError(f"weights {v} must be >= 0 with a positive sum")
+        return v
+
+    @field_validator("deepspeed")
+    @classmethod
+    def _deepspeed_json(cls, v: str | None) -> str | None:
+        if v in (None, "", "none", "null"):
+            return None
+        p = Path(v)
+        if not p.is_file():
+            raise ValueError(f"DeepSpeed config {v!r} does not exist: use configs/ds_zero2.json, ds_zero3.json or null")
+        try:
+            json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"DeepSpeed config {v!r} is not valid JSON ({e}): fix the file") from None
+        return v
+
+
+class EvalSettings(Section):
+    conditions: list[str] = Field(default_factory=lambda: list(CONDITIONS), description=f"Subset of {CONDITIONS}.")
+    batch_size: int = Field(8, gt=0, description="Examples per forward pass.")
+    max_new_tokens: int = Field(8, gt=0, description="Greedy tokens generated per answer.")
+    max_examples: int | None = Field(None, description="Evaluate at most this many eval examples (all if null).")
+    reconstruction_probe: bool = Field(False, description="Also ask the model to reproduce the memory text.")
+    full_text_max_tokens: int = Field(2048, gt=0, description="Skip full_text where history exceeds this.")
+
+    @field_validator("conditions")
+    @classmethod
+    def _conditions(cls, v: list[str]) -> list[str]:
+        bad = [c for c in v if c not in CONDITIONS]
+        if bad:
+            raise ValueError(f"unknown condition(s) {bad}: use {', '.join(CONDITIONS)}")
+        return v
+
+
+class TrackingSettings(Section):
+    wandb_mode: Literal["offline", "online", "disabled"] = Field(
+        "offline", description="offline: local files, `wandb sync` later; online needs WANDB_API_KEY in the env."
+    )
+    project: str = Field("ocrmem", description="WandB project.")
+    entity: str | None = Field(None, description="WandB entity (team).")
+    run_name: str | None = Field(None, description="WandB run name.")
+    log_pages: int = Field(4, ge=0, description="Rendered pages logged as images at the start.")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="OCRMEM_", env_nested_delimiter="__", extra="forbid", yaml_file="params.yaml"
+    )
+
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    render: RenderSettings = Field(default_factory=RenderSettings)
+    data: DataSettings = Field(default_factory=DataSettings)
+    features: FeatureSettings = Field(default_factory=FeatureSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # init (tests) > environment > params.yaml > defaults
+        return init_settings, env_settings, YamlConfigSettingsSource(settings_cls, deep_merge=True)
+
+    # -- derived paths, so every stage agrees on the layout --------------------------------
+    @property
+    def rendered_dir(self) -> Path:
+        return Path(self.data.out_dir) / "rendered"
+
+    @property
+    def features_dir(self) -> Path:
+        return Path(self.data.out_dir) / "features"
+
+    @property
+    def adapter_dir(self) -> Path:
+        return Path(self.train.output_dir) / "adapter"
+
+
+def _format_error(err: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key: remove it or check its spelling against params.yaml"
+    return f"{loc} = {err.get('input')!r}: {msg}"
+
+
+def load_settings(path: str | os.PathLike | None = "params.yaml", **overrides: Any) -> Settings:
+    """Read `path` (plus OCRMEM_* env overrides); raise ConfigError naming each bad field."""
+    if path is not None and not Path(path).is_file():
+        raise ConfigError([f"params file {str(path)!r} not found: run from the repo root or pass --params PATH"])
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(**{**Settings.model_config, "yaml_file": path})
+
+    try:
+        s = _FromFile(**overrides)
+    except ValidationError as e:
+        raise ConfigError([_format_error(err) for err in e.errors()]) from None
+    return Settings.model_validate(s.model_dump())
+
+
+def check_model_paths(s: Settings) -> None:
+    """Refuse a local model path that is missing (called before any model is loaded)."""
+    bad = []
+    names = [("model.base_llm_model_name", s.model.base_llm_model_name)]
+    if s.model.encoder != "pixels":
+        names.append(("model.ocr_model_name", s.model.ocr_model_name))
+    for field, name in names:
+        if is_local_path(name) and not Path(name).expanduser().exists():
+            bad.append(
+                f"{field} = {name!r}: local path does not exist: run `ocrmem standins` "
+                f"(or `dvc repro standins`) to build the local models, or point it at a hub id"
+            )
+    if s.model.base_llm_gguf_file and is_local_path(s.model.base_llm_model_name):
+        gguf = Path(s.model.base_llm_model_name).expanduser() / s.model.base_llm_gguf_file
+        if Path(s.model.base_llm_model_name).expanduser().exists() and not gguf.is_file():
+            bad.append(f"model.base_llm_gguf_file = {s.model.base_llm_gguf_file!r}: no such file in {name}")
+    if bad:
+        raise ConfigError(bad)

@@ -1,0 +1,215 @@
+"""Adapter-only training with the HF Trainer (DeepSpeed optional), tracked in WandB.
+
+    ocrmem train [--params params.yaml]                        # CPU / one GPU
+    deepspeed --num_gpus 8 -m ocrmem.cli train --params ...    # ZeRO-2/3 (train.deepspeed)
+
+`OcrMemTrainer` overrides only what adapter-only training needs: the step-0 gradient guard, the
+non-finite-loss stop, per-objective loss logging, and saving/loading just the trained tensors.
+A run resumes from the last checkpoint in `train.output_dir`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from ocrmem.gradcheck import GradientFlowError, check_gradient_flow
+from ocrmem.model.ocrmem import ADAPTER_WEIGHTS, OcrMemModel
+from ocrmem.settings import OBJECTIVES, ConfigError, Settings
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class OcrMemTrainer(Trainer):
+    def __init__(self, *args, tokenizer=None, gradcheck: bool = True, **kwargs):
+        if tokenizer is not None:  # transformers 5 removed `tokenizer=`; accept it from old callers
+            warnings.warn("OcrMemTrainer(tokenizer=...) is deprecated: pass processing_class=", FutureWarning)
+            kwargs.setdefault("processing_class", tokenizer)
+        super().__init__(*args, **kwargs)
+        self.gradcheck = gradcheck
+        self._obj_loss = torch.zeros(len(OBJECTIVES), dtype=torch.float64)
+        self._obj_n = torch.zeros(len(OBJECTIVES), dtype=torch.float64)
+
+    def train(self, *args, **kwargs):
+        if self.gradcheck:
+            # Before DeepSpeed wraps the model and before any optimizer step: a broken chain stops at
+            # step 0 with its diagnosis instead of "element 0 of tensors does not require grad".
+            loader = DataLoader(self.train_dataset, batch_size=self.args.per_device_train_batch_size,
+                                collate_fn=self.data_collator)
+            batch = {k: v.to(self.args.device) for k, v in next(iter(loader)).items()}
+            report = check_gradient_flow(self.model, batch)
+            if not report.ok:
+                raise GradientFlowError(report)
+        return super().train(*args, **kwargs)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        objective_ids = inputs.pop("objective_ids", None)
+        outputs = model(**inputs, num_items_in_batch=num_items_in_batch)
+        loss = outputs.loss
+        if not torch.isfinite(loss.detach()).all():
+            last = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
+            raise NonFiniteLossError(
+                f"loss is {float(loss)} at step {self.state.global_step}: training stopped; the last good checkpoint "
+                f"is {last or 'none (no checkpoint saved yet)'}; lower train.learning_rate or use fp32/bf16"
+            )
+        if model.training and objective_ids is not None and outputs.per_example_loss is not None:
+            ids = objective_ids.cpu()
+            self._obj_loss.index_add_(0, ids, outputs.per_example_loss.detach().cpu().double())
+            self._obj_n.index_add_(0, ids, torch.ones_like(ids, dtype=torch.float64))
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict, *args, **kwargs):
+        if "loss" in logs and self._obj_n.sum() > 0:
+            for i, name in enumerate(OBJECTIVES):
+                if self._obj_n[i] > 0:
+                    logs[f"loss_{name}"] = round(float(self._obj_loss[i] / self._obj_n[i]), 4)
+            self._obj_loss.zero_()
+            self._obj_n.zero_()
+        super().log(logs, *args, **kwargs)
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        # Only the trained tensors (plus the JSON naming the frozen parts); the frozen LLM is never copied.
+        output_dir = output_dir or self.args.output_dir
+        model = self.accelerator.unwrap_model(self.model) if hasattr(self, "accelerator") else self.model
+        model.save_adapter(output_dir, state_dict=state_dict)
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        path = Path(resume_from_checkpoint) / ADAPTER_WEIGHTS
+        if self.is_deepspeed_enabled or not path.is_file():
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        from safetensors.torch import load_file
+
+        (model or self.model).load_trained_state(load_file(str(path)))
+
+
+class PagesToWandb(TrainerCallback):
+    """At the start: the config, the compression figures and a few rendered pages."""
+
+    def __init__(self, settings: Settings, stats: dict, pages: list[Path]):
+        self.settings, self.stats, self.pages = settings, stats, pages
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        try:
+            import wandb
+        except ImportError:
+            return
+        if wandb.run is None or not state.is_world_process_zero:
+            return
+        wandb.config.update({"ocrmem": self.settings.model_dump()}, allow_val_change=True)
+        for split, figures in self.stats.items():
+            if isinstance(figures, dict):
+                wandb.run.summary.update({f"data/{split}/{k}": v for k, v in figures.items()
+                                          if isinstance(v, (int, float))})
+        if self.pages:
+            wandb.log({"pages": [wandb.Image(str(p), caption=p.name) for p in self.pages]})
+
+
+def setup_tracking(settings: Settings) -> str:
+    """Configure WandB from settings; returns the Trainer's report_to. The key stays in the env."""
+    t = settings.tracking
+    if settings.train.report_to == "none" or t.wandb_mode == "disabled":
+        os.environ["WANDB_MODE"] = "disabled"
+        return "none"
+    if t.wandb_mode == "online" and not os.environ.get("WANDB_API_KEY"):
+        raise ConfigError(["tracking.wandb_mode = 'online': needs WANDB_API_KEY in the environment "
+                           "(export it, or use wandb_mode: offline and `wandb sync` later)"])
+    os.environ["WANDB_MODE"] = t.wandb_mode
+    os.environ.setdefault("WANDB_PROJECT", t.project)
+    if t.entity:
+        os.environ.setdefault("WANDB_ENTITY", t.entity)
+    os.environ.setdefault("WANDB_DIR", str(Path(settings.train.output_dir).resolve()))
+    os.environ.setdefault("WANDB_SILENT", "true")
+    return "wandb"
+
+
+def training_arguments(settings: Settings, report_to: str) -> TrainingArguments:
+    t = settings.train
+    return TrainingArguments(
+        output_dir=t.output_dir, max_steps=t.max_steps, per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=settings.eval.batch_size, gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate, weight_decay=t.weight_decay, warmup_steps=t.warmup_steps,
+        lr_scheduler_type=t.lr_scheduler_type, seed=t.seed, data_seed=t.seed, logging_steps=t.logging_steps,
+        save_steps=t.save_steps, save_total_limit=t.save_total_limit, bf16=t.bf16, deepspeed=t.deepspeed,
+        dataloader_num_workers=t.dataloader_num_workers, report_to=report_to, run_name=settings.tracking.run_name,
+        remove_unused_columns=False, save_safetensors=True, disable_tqdm=False, logging_first_step=True,
+        use_cpu=not torch.cuda.is_available(), prediction_loss_only=True,
+    )
+
+
+def build_datasets(settings: Settings, model: OcrMemModel, cached: bool | None = None):
+    """(train, eval, pages_key) datasets over the rendered manifest, reading cached features if allowed."""
+    from ocrmem.data import read_manifest
+    from ocrmem.dataset import CachedPages, MemoryDataset, PixelPages
+    from ocrmem.features import FeatureCache, cache_fingerprint
+
+    if cached is None:
+        cached = settings.train.use_feature_cache and model.encoder.frozen
+    if cached:
+        pages = CachedPages(FeatureCache(settings.features_dir, cache_fingerprint(model.encoder, settings)))
+    else:
+        pages = PixelPages(settings.rendered_dir, model.encoder)
+    d = settings.data
+    kw = dict(tokenizer=model.tokenizer, pages=pages, objectives=settings.train.objectives, seed=settings.train.seed,
+              max_prompt_tokens=d.max_prompt_tokens, max_target_tokens=d.max_target_tokens)
+    train = MemoryDataset(read_manifest(settings, "train"), **kw)
+    evald = MemoryDataset(read_manifest(settings, "eval"), **{**kw, "objectives": {"qa": 1.0}})
+    return train, evald, pages.key
+
+
+def train(settings: Settings, model: OcrMemModel | None = None, resume: bool = True,
+          callbacks: list | None = None) -> dict:
+    """Train the projector on the rendered data; write the adapter and metrics/train.json."""
+    from ocrmem.dataset import MemoryCollator
+
+    report_to = setup_tracking(settings)
+    model = model or OcrMemModel.build(settings)
+    if settings.train.gradient_checkpointing:
+        model.enable_gradient_checkpointing(reentrant=False)
+    train_ds, eval_ds, key = build_datasets(settings, model)
+    counts = model.parameter_counts()
+    print(f"trainable parameters: {counts['trainable']:,} of {counts['total']:,} "
+          f"({100 * counts['trainable'] / counts['total']:.3f}%): {[n for n, _ in model.trainable_parameters()]}")
+    stats_file = settings.rendered_dir / "stats.json"
+    stats = json.loads(stats_file.read_text()) if stats_file.is_file() else {}
+    sample_pages = [settings.rendered_dir / p for r in train_ds.rows[: settings.tracking.log_pages] for p in r["pages"][:1]]
+    trainer = OcrMemTrainer(
+        model=model, args=training_arguments(settings, report_to), train_dataset=train_ds, eval_dataset=eval_ds,
+        data_collator=MemoryCollator(model.tokenizer.pad_token_id, key), processing_class=model.tokenizer,
+        gradcheck=settings.train.gradcheck_at_start,
+        callbacks=[PagesToWandb(settings, stats, sample_pages)] + (callbacks or []),
+    )
+    before = trainer.evaluate(metric_key_prefix="eval_before")["eval_before_loss"]
+    last = get_last_checkpoint(settings.train.output_dir) if resume and os.path.isdir(settings.train.output_dir) else None
+    if last:
+        print(f"resuming from {last}")
+    t0 = time.time()
+    result = trainer.train(resume_from_checkpoint=last)
+    seconds = time.time() - t0
+    after = trainer.evaluate(metric_key_prefix="eval_after")["eval_after_loss"]
+    trainer.save_model(str(settings.adapter_dir))
+    metrics = {
+        "final_loss": round(float(result.training_loss), 5), "steps": int(result.global_step),
+        "samples_per_second": round(result.metrics.get("train_samples_per_second", 0.0), 3),
+        "train_seconds": round(seconds, 1), "trainable_parameters": counts["trainable"],
+        "total_parameters": counts["total"], "eval_loss_before": round(before, 5), "eval_loss_after": round(after, 5),
+        "resumed_from": last,
+    }
+    if trainer.is_world_process_zero():
+        Path("metrics").mkdir(exist_ok=True)
+        Path("metrics/train.json").write_text(json.dumps(metrics, indent=2))
+        print(f"adapter: {settings.adapter_dir}  held-out loss {before:.3f} -> {after:.3f}")
+    if not math.isfinite(after):
+        raise NonFiniteLossError(f"held-out loss is {after} after training")
+    return metrics
