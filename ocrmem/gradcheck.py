@@ -69,18 +69,28 @@ def check_gradient_flow(model: OcrMemModel, batch: dict) -> GradReport:
         seen["enc_out_graph"] = out.grad_fn is not None
 
     def proj_hook(mod, args, out):
-        seen["proj_grad_mode"] = torch.is_grad_enabled()
         seen["proj_out_requires_grad"] = out.requires_grad
-        seen["proj_in_checkpoint"] = _in_reentrant_checkpoint()
+
+    def proj_inner_hook(mod, args, out):
+        # Grad mode seen *inside* the projector: a no_grad wrapper around the call hides it from
+        # the projector's own hook, never from its submodules.
+        seen["proj_grad_mode"] = seen.get("proj_grad_mode", True) and torch.is_grad_enabled()
+        seen["proj_in_checkpoint"] = seen.get("proj_in_checkpoint", False) or _in_reentrant_checkpoint()
 
     def llm_hook(mod, args, kwargs, out):
         emb = kwargs.get("inputs_embeds")
-        seen["llm_grad_mode"] = torch.is_grad_enabled()
         seen["llm_in_requires_grad"] = bool(emb is not None and emb.requires_grad)
         seen["llm_out_requires_grad"] = out.logits.requires_grad
 
+    def llm_inner_hook(mod, args, out):
+        seen["llm_grad_mode"] = torch.is_grad_enabled()
+
     hooks = [model.encoder.register_forward_hook(enc_hook), model.projector.register_forward_hook(proj_hook),
              model.llm.register_forward_hook(llm_hook, with_kwargs=True)]
+    hooks += [m.register_forward_hook(proj_inner_hook) for m in model.projector.modules() if m is not model.projector]
+    head = model.llm.get_output_embeddings()
+    if head is not None:
+        hooks.append(head.register_forward_hook(llm_inner_hook))
     trainable = dict(model.trainable_parameters())
     for p in model.parameters():
         p.grad = None
@@ -129,7 +139,7 @@ def check_gradient_flow(model: OcrMemModel, batch: dict) -> GradReport:
         diagnosis.append("memory embeddings lost their graph between the projector and the LLM (.detach(), .data "
                          "or a copy into a preallocated tensor under no_grad)")
     elif seen.get("llm_in_requires_grad") and not seen.get("llm_out_requires_grad", True):
-        if not seen.get("llm_grad_mode"):
+        if not seen.get("llm_grad_mode", True):
             diagnosis.append("LLM run without autograd: the frozen LLM ran under torch.no_grad(); gradients must flow "
                              "back through it to the projector (freeze its weights, not its graph)")
         elif _reentrant_llm(model):

@@ -57,6 +57,9 @@ class ModelSettings(Section):
     encoder: str = Field("pixels", description=f"Encoder kind, one of {ENCODER_KINDS}.")
     encoder_frozen: bool = Field(True, description="Freeze the encoder (eval mode, no autograd, features cacheable).")
     pixel_patch_size: int = Field(64, gt=0, description="pixels encoder: side of the square patch cut from the page.")
+    pixel_downsample: int = Field(
+        2, gt=0, description="pixels encoder: average-pool the page by this factor before cutting patches."
+    )
     projector: str = Field("linear", description=f"Projector kind, one of {PROJECTOR_KINDS}.")
     token_pool: int = Field(
         1, gt=0, description="Pool k x k neighbouring page tokens before projecting: pages cost k^2 fewer tokens."
@@ -220,7 +223,7 @@ class TrackingSettings(Section):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="OCRMEM_", env_nested_delimiter="__", extra="forbid", yaml_file="params.yaml"
+        env_prefix="OCRMEM_", env_nested_delimiter="__", extra="forbid", yaml_file=None
     )
 
     model: ModelSettings = Field(default_factory=ModelSettings)
@@ -287,9 +290,20 @@ def check_model_paths(s: Settings) -> None:
                 f"{field} = {name!r}: local path does not exist: run `ocrmem standins` "
                 f"(or `dvc repro standins`) to build the local models, or point it at a hub id"
             )
+    for field, name in names:
+        cfg = Path(name).expanduser() / "config.json"
+        if is_local_path(name) and cfg.is_file() and not s.model.trust_remote_code:
+            try:
+                auto_map = json.loads(cfg.read_text()).get("auto_map")
+            except json.JSONDecodeError:
+                auto_map = None
+            if auto_map:
+                bad.append(f"{field} = {name!r}: this checkpoint runs its own code (config.json has auto_map) but "
+                           "model.trust_remote_code is false: read that code, then set trust_remote_code: true")
     if s.model.base_llm_gguf_file and is_local_path(s.model.base_llm_model_name):
         gguf = Path(s.model.base_llm_model_name).expanduser() / s.model.base_llm_gguf_file
         if Path(s.model.base_llm_model_name).expanduser().exists() and not gguf.is_file():
-            bad.append(f"model.base_llm_gguf_file = {s.model.base_llm_gguf_file!r}: no such file in {name}")
+            bad.append(f"model.base_llm_gguf_file = {s.model.base_llm_gguf_file!r}: no such file in "
+                       f"{s.model.base_llm_model_name}")
     if bad:
         raise ConfigError(bad)

@@ -143,7 +143,7 @@ def training_arguments(settings: Settings, report_to: str) -> TrainingArguments:
         lr_scheduler_type=t.lr_scheduler_type, seed=t.seed, data_seed=t.seed, logging_steps=t.logging_steps,
         save_steps=t.save_steps, save_total_limit=t.save_total_limit, bf16=t.bf16, deepspeed=t.deepspeed,
         dataloader_num_workers=t.dataloader_num_workers, report_to=report_to, run_name=settings.tracking.run_name,
-        remove_unused_columns=False, save_safetensors=True, disable_tqdm=False, logging_first_step=True,
+        remove_unused_columns=False, disable_tqdm=False, logging_first_step=True,
         use_cpu=not torch.cuda.is_available(), prediction_loss_only=True,
     )
 
@@ -169,7 +169,7 @@ def build_datasets(settings: Settings, model: OcrMemModel, cached: bool | None =
 
 
 def train(settings: Settings, model: OcrMemModel | None = None, resume: bool = True,
-          callbacks: list | None = None) -> dict:
+          callbacks: list | None = None, metrics_path: str | Path | None = "metrics/train.json") -> dict:
     """Train the projector on the rendered data; write the adapter and metrics/train.json."""
     from ocrmem.dataset import MemoryCollator
 
@@ -206,9 +206,9 @@ def train(settings: Settings, model: OcrMemModel | None = None, resume: bool = T
         "total_parameters": counts["total"], "eval_loss_before": round(before, 5), "eval_loss_after": round(after, 5),
         "resumed_from": last,
     }
-    if trainer.is_world_process_zero():
-        Path("metrics").mkdir(exist_ok=True)
-        Path("metrics/train.json").write_text(json.dumps(metrics, indent=2))
+    if trainer.is_world_process_zero() and metrics_path:
+        Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(metrics_path).write_text(json.dumps(metrics, indent=2))
         print(f"adapter: {settings.adapter_dir}  held-out loss {before:.3f} -> {after:.3f}")
     if not math.isfinite(after):
         raise NonFiniteLossError(f"held-out loss is {after} after training")

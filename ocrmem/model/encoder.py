@@ -34,21 +34,23 @@ class PixelEncoder(nn.Module):
     """No weights: the page's ink (1 - gray) cut into square patches, flattened.
 
     The parameter-free baseline (ANCHORS.md: mean pooling matched a vision encoder) and the CPU
-    stand-in. A 512px page with 64px patches gives 64 tokens of 4096 values.
+    stand-in. The ink is first average-pooled by `downsample` (keeping the layout inside each
+    patch, unlike pooling whole tokens): a 512px page, downsample 2, 64px patches -> 16 tokens
+    of 4096 values.
     """
 
     kind = "pixels"
 
-    def __init__(self, patch_size: int, page_size: int):
+    def __init__(self, patch_size: int, page_size: int, downsample: int = 1):
         super().__init__()
-        if page_size % patch_size:
+        if page_size % (patch_size * downsample):
             raise ValueError(
-                f"model.pixel_patch_size={patch_size} does not divide render.page_size={page_size}: "
-                "pick a patch size that divides the page"
+                f"model.pixel_patch_size={patch_size} x model.pixel_downsample={downsample} does not divide "
+                f"render.page_size={page_size}: pick values whose product divides the page"
             )
-        self.patch_size, self.page_size = patch_size, page_size
+        self.patch_size, self.page_size, self.downsample = patch_size, page_size, downsample
         self.out_dim = patch_size * patch_size
-        self.tokens_per_page = (page_size // patch_size) ** 2
+        self.tokens_per_page = (page_size // (patch_size * downsample)) ** 2
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         arr = np.stack([np.asarray(im.convert("L").resize((self.page_size,) * 2)
@@ -57,13 +59,16 @@ class PixelEncoder(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         ink = 1.0 - pixel_values.float() / 255.0
+        if self.downsample > 1:
+            ink = nn.functional.avg_pool2d(ink, self.downsample)
         p = self.patch_size
         patches = ink.unfold(2, p, p).unfold(3, p, p)  # [P, 1, gh, gw, p, p]
         n, _, gh, gw = patches.shape[:4]
         return patches.reshape(n, gh * gw, p * p)
 
     def fingerprint(self) -> dict:
-        return {"kind": self.kind, "patch_size": self.patch_size, "page_size": self.page_size}
+        return {"kind": self.kind, "patch_size": self.patch_size, "page_size": self.page_size,
+                "downsample": self.downsample}
 
 
 def _hub_kwargs(ms: ModelSettings) -> dict:
@@ -229,7 +234,7 @@ def build_encoder(ms: ModelSettings, rs: RenderSettings) -> FrozenEncoder:
     if ms.encoder not in ENCODERS:
         raise ValueError(f"model.encoder={ms.encoder!r} is unknown: use one of {', '.join(ENCODERS)}")
     if ms.encoder == "pixels":
-        enc = PixelEncoder(ms.pixel_patch_size, rs.page_size)
+        enc = PixelEncoder(ms.pixel_patch_size, rs.page_size, ms.pixel_downsample)
     else:
         enc = ENCODERS[ms.encoder](ms.ocr_model_name, ms)
     return FrozenEncoder(enc, frozen=ms.encoder_frozen)
@@ -239,7 +244,7 @@ def raw_tokens_per_page(s: Settings) -> int:
     """Encoder tokens per page without loading weights (for render-time compression figures)."""
     ms = s.model
     if ms.encoder == "pixels":
-        return (s.render.page_size // ms.pixel_patch_size) ** 2
+        return (s.render.page_size // (ms.pixel_patch_size * ms.pixel_downsample)) ** 2
     if ms.encoder == "deepseek_ocr2":
         return 256 if s.render.page_size > 768 else 144
     from transformers import AutoConfig

@@ -157,7 +157,7 @@ class OcrMemModel(nn.Module):
     def train(self, mode: bool = True) -> "OcrMemModel":
         super().train(mode)
         self.llm.eval()  # frozen: no dropout, deterministic
-        if mode and getattr(self.llm, "is_activation_checkpointing", getattr(self.llm, "is_gradient_checkpointing", False)):
+        if mode and self._llm_checkpointing():
             # HF checkpoints a layer only while that layer is in training mode; flag the layers
             # themselves, not their children, so checkpointing runs and dropout stays off.
             from transformers.modeling_layers import GradientCheckpointingLayer
@@ -166,6 +166,11 @@ class OcrMemModel(nn.Module):
                 if isinstance(m, GradientCheckpointingLayer):
                     m.training = True
         return self
+
+    def _llm_checkpointing(self) -> bool:
+        if hasattr(type(self.llm), "is_activation_checkpointing"):
+            return bool(self.llm.is_activation_checkpointing)
+        return bool(getattr(self.llm, "is_gradient_checkpointing", False))
 
     def enable_gradient_checkpointing(self, reentrant: bool = False) -> None:
         """Checkpoint the frozen LLM; non-reentrant so gradients reach the projector whatever the inputs."""

@@ -1,0 +1,81 @@
+"""Shared fixtures: tiny random-init models built once per session and saved locally, so every test
+goes through the real `from_pretrained` path; settings shrunk onto tmp_path."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    from ocrmem.standins import build_tiny_deepseek_ocr2, build_tiny_llm
+
+    root = tmp_path_factory.mktemp("models")
+    return {"llm": build_tiny_llm(root / "tiny-llm"), "deepseek_ocr2": build_tiny_deepseek_ocr2(root / "tiny-ds")}
+
+
+def tiny_settings_dict(root, tiny_models, **sections) -> dict:
+    """A whole pipeline in seconds: 256px pages, 16 pixel tokens, the tiny LLM, 16+8 examples."""
+    d = {
+        "model": {"base_llm_model_name": str(tiny_models["llm"]), "encoder": "pixels", "ocr_model_name": "pixels",
+                  "pixel_patch_size": 64, "pixel_downsample": 1},
+        "render": {"page_size": 256, "font_size": 10, "margin": 4, "line_spacing": 1.2, "workers": 1},
+        "data": {"out_dir": str(root / "data"), "synthetic": {"n_train": 16, "n_eval": 8}},
+        "features": {"batch_size": 8},
+        "train": {"output_dir": str(root / "ckpt"), "max_steps": 3, "per_device_train_batch_size": 4,
+                  "learning_rate": 1e-2, "warmup_steps": 0, "logging_steps": 1, "save_steps": 100,
+                  "report_to": "none"},
+        "eval": {"batch_size": 8, "max_new_tokens": 4},
+        "tracking": {"wandb_mode": "disabled"},
+    }
+    for k, v in sections.items():
+        d[k] = {**d.get(k, {}), **v}
+    return d
+
+
+@pytest.fixture
+def make_settings(tmp_path, tiny_models):
+    from ocrmem.settings import Settings
+
+    def make(**sections):
+        return Settings.model_validate(tiny_settings_dict(tmp_path, tiny_models, **sections))
+
+    return make
+
+
+@pytest.fixture
+def pipeline(make_settings):
+    """Rendered + encoded tiny dataset; returns its settings."""
+    from transformers import AutoTokenizer
+
+    from ocrmem.data import render_dataset
+    from ocrmem.features import encode_pages
+    from ocrmem.model import tokens_per_page
+
+    def build(**sections):
+        s = make_settings(**sections)
+        tok = AutoTokenizer.from_pretrained(s.model.base_llm_model_name)
+        render_dataset(s, tokenizer=tok, tokens_per_page=tokens_per_page(s), progress=False)
+        if s.model.encoder_frozen:
+            encode_pages(s, progress=False)
+        return s
+
+    return build
