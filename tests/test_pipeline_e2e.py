@@ -1,0 +1,157 @@
+"""End-to-end runs of the orchestration on tiny params (tests/data/params.tiny.yaml), in a temp git repo.
+
+- test_dvc_repro_reruns_only_what_changed: `dvc repro` runs all 7 stages; a second runs none; a
+  train param reruns train + evaluate (and the 1 s validate); a render param reruns render onward
+  (not standins); `dvc push` / `dvc pull` restore the outputs from the configured remote; and
+  `dvc plots show` writes an HTML with the Vega libraries inlined (no CDN).
+- test_prefect_flow_runs_and_caches: the Prefect flow runs every stage under a test server,
+  publishes the eval table artifact, then a second run is served from the task cache (only
+  validate runs) and a train param change reruns train + evaluate only.
+- test_process_worker_smoke: flows/smoke_worker.sh deploys the flow to a local process work pool
+  and runs it through `prefect worker start --run-once` (the path a GPU docker pool takes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+
+def make_repo(path: Path, git: bool = True) -> Path:
+    """A copy of the pipeline (code, dvc.yaml, DVC config, plot template) with the tiny params."""
+    path.mkdir(parents=True, exist_ok=True)
+    for d in ("ocrmem", "flows", "configs", "vendor"):
+        shutil.copytree(ROOT / d, path / d, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copy(ROOT / "tests/data/params.tiny.yaml", path / "params.yaml")
+    # The tiny models only: SmolLM2 (0.5 GB) is not needed by the tiny params.
+    dvc_yaml = (ROOT / "dvc.yaml").read_text().replace("ocrmem standins --out models",
+                                                       "ocrmem standins --out models --no-smollm2")
+    (path / "dvc.yaml").write_text(dvc_yaml)
+    if git:
+        run(["git", "init", "-q"], path)
+        run(["dvc", "init", "-q"], path)
+        shutil.copy(ROOT / ".dvc/config", path / ".dvc/config")
+        shutil.copy(ROOT / ".dvcignore", path / ".dvcignore")
+    return path
+
+
+def env() -> dict:
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+            "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": ""}
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    exe = shutil.which(cmd[0], path=f"{BIN}{os.pathsep}{os.environ['PATH']}") or cmd[0]
+    r = subprocess.run([exe, *cmd[1:]], cwd=cwd, env=env(), capture_output=True, text=True)
+    assert r.returncode == 0, f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    return r.stdout + r.stderr
+
+
+def repro(cwd: Path) -> set[str]:
+    out = run(["dvc", "repro"], cwd)
+    return set(re.findall(r"Running stage '([^']+)'", out))
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new))
+
+
+ALL = {"validate", "standins", "render", "encode", "gradcheck", "train", "evaluate"}
+
+
+def test_dvc_repro_reruns_only_what_changed(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    assert repro(repo) == ALL
+    assert json.loads((repo / "metrics/eval.json").read_text())
+    assert repro(repo) == set()  # nothing changed: nothing runs
+
+    edit(repo / "params.yaml", "learning_rate: 0.003", "learning_rate: 0.01")
+    assert repro(repo) == {"validate", "train", "evaluate"}
+
+    edit(repo / "params.yaml", "font_size: 10", "font_size: 9")
+    assert repro(repo) == ALL - {"standins"}
+    assert repro(repo) == set()
+
+    # push to the configured local remote (repo/dvcstore), lose every output and the cache, pull back
+    run(["dvc", "push"], repo)
+    assert any((repo / "dvcstore").rglob("*"))
+    for d in ("models", "data", "checkpoints", ".dvc/cache"):
+        shutil.rmtree(repo / d)
+    run(["dvc", "pull"], repo)
+    assert (repo / "models/tiny-llm").is_dir() and (repo / "checkpoints/adapter").is_dir()
+    assert "up to date" in run(["dvc", "status"], repo).lower()
+
+    # offline plots: the template from .dvc/config, three plots, no CDN
+    run(["dvc", "plots", "show", "-o", "dvc_plots"], repo)
+    html = (repo / "dvc_plots/index.html").read_text()
+    assert "cdn.jsdelivr" not in html and "window.vegaEmbed=" in html
+    for plot_id in ("accuracy_by_condition", "loss_by_condition", "accuracy_vs_compression"):
+        assert plot_id in html
+
+
+def test_prefect_flow_runs_and_caches(tmp_path, monkeypatch):
+    from prefect.testing.utilities import prefect_test_harness
+
+    repo = make_repo(tmp_path / "repo", git=False)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    monkeypatch.setenv("DO_NOT_TRACK", "1")
+    monkeypatch.setenv("PREFECT_LOCAL_STORAGE_PATH", str(tmp_path / "prefect-results"))
+    import ocrmem.cli
+    from flows.pipeline import ocrmem_pipeline
+
+    real_main = ocrmem.cli.main
+    ran: list[str] = []
+    monkeypatch.setattr(ocrmem.cli, "main", lambda argv: ran.append(argv[0]) or real_main(argv))
+    cwd = os.getcwd()
+    with prefect_test_harness(server_startup_timeout=90):
+        out = ocrmem_pipeline(params_path="params.yaml", workdir=str(repo), smollm2=False)
+        assert os.getcwd() == cwd
+        assert ran == ["validate", "standins", "render", "encode", "gradcheck", "train", "evaluate"]
+        assert out["train"]["steps"] == 2 and "ocr_memory.exact_match" in out["evaluate"]
+
+        from prefect.client.orchestration import get_client
+
+        async def artifact(key):
+            async with get_client() as c:
+                return await c.read_latest_artifacts() if key is None else [
+                    a for a in await c.read_latest_artifacts() if a.key == key]
+
+        import asyncio
+
+        table = asyncio.run(artifact("ocrmem-eval"))
+        assert table and "ocr_memory" in json.dumps(table[0].data)
+        assert asyncio.run(artifact("ocrmem-eval-summary"))
+
+        ran.clear()
+        ocrmem_pipeline(params_path="params.yaml", workdir=str(repo), smollm2=False)
+        assert ran == ["validate"]  # every other stage is a cache hit
+
+        ran.clear()
+        edit(repo / "params.yaml", "learning_rate: 0.003", "learning_rate: 0.01")
+        ocrmem_pipeline(params_path="params.yaml", workdir=str(repo), smollm2=False)
+        assert ran == ["validate", "train", "evaluate"]
+
+
+def test_process_worker_smoke():
+    """flows/smoke_worker.sh: server on loopback, process pool, deployment, `prefect worker start --run-once`."""
+    if shutil.which("curl") is None:
+        pytest.skip("the smoke script polls the server with curl")
+    r = subprocess.run(["bash", str(ROOT / "flows/smoke_worker.sh")], env={**env(), "PORT": "4297"},
+                       capture_output=True, text=True, timeout=540)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-6000:]
+    assert "COMPLETED" in r.stdout
