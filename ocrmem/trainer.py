@@ -31,12 +31,31 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+def _nonfinite(what: str, args, state) -> NonFiniteLossError:
+    last = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
+    return NonFiniteLossError(
+        f"{what} at step {state.global_step}: training stopped; the last good checkpoint is "
+        f"{last or 'none (no checkpoint saved yet)'}; lower train.learning_rate or use fp32/bf16"
+    )
+
+
+class NonFiniteGuard(TrainerCallback):
+    """After each optimizer step and before any save: a non-finite trained weight stops the run,
+    so no checkpoint is ever written from poisoned weights."""
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        for name, p in model.trainable_parameters():
+            if p.numel() and not torch.isfinite(p.detach()).all():
+                raise _nonfinite(f"trained weight {name} is not finite", args, state)
+
+
 class OcrMemTrainer(Trainer):
     def __init__(self, *args, tokenizer=None, gradcheck: bool = True, **kwargs):
         if tokenizer is not None:  # transformers 5 removed `tokenizer=`; accept it from old callers
             warnings.warn("OcrMemTrainer(tokenizer=...) is deprecated: pass processing_class=", FutureWarning)
             kwargs.setdefault("processing_class", tokenizer)
         super().__init__(*args, **kwargs)
+        self.add_callback(NonFiniteGuard())
         self.gradcheck = gradcheck
         self._obj_loss = torch.zeros(len(OBJECTIVES), dtype=torch.float64)
         self._obj_n = torch.zeros(len(OBJECTIVES), dtype=torch.float64)
@@ -58,11 +77,7 @@ class OcrMemTrainer(Trainer):
         outputs = model(**inputs, num_items_in_batch=num_items_in_batch)
         loss = outputs.loss
         if not torch.isfinite(loss.detach()).all():
-            last = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
-            raise NonFiniteLossError(
-                f"loss is {float(loss)} at step {self.state.global_step}: training stopped; the last good checkpoint "
-                f"is {last or 'none (no checkpoint saved yet)'}; lower train.learning_rate or use fp32/bf16"
-            )
+            raise _nonfinite(f"loss is {float(loss.detach())}", self.args, self.state)
         if model.training and objective_ids is not None and outputs.per_example_loss is not None:
             ids = objective_ids.cpu()
             self._obj_loss.index_add_(0, ids, outputs.per_example_loss.detach().cpu().double())

@@ -114,7 +114,7 @@ class OcrMemModel(nn.Module):
             "render": self.settings.render.model_dump(),
             "encoder_fingerprint": self.encoder.fingerprint(),
             "encoder_dim": self.encoder.out_dim,
-            "llm_hidden_size": self.llm.get_input_embeddings().weight.shape[1],
+            "llm_hidden_size": self.projector.out_dim,
             "memory_tokens_per_page": self.memory_tokens_per_page,
             "trainable": sorted(n for n, _ in self.trainable_parameters()),
         }

@@ -46,6 +46,7 @@ class Projector(nn.Module):
         super().__init__()
         if kind not in PROJECTORS:
             raise ValueError(f"model.projector={kind!r} is unknown: use one of {', '.join(PROJECTORS)}")
+        self.in_dim, self.out_dim = in_dim, out_dim  # plain ints: ZeRO-3 empties the weights' shapes
         self.pool = TokenPool(token_pool)
         # LayerNorm puts pixel ink, SAM and SigLIP features on one scale: one learning rate fits all.
         self.norm = nn.LayerNorm(in_dim)

@@ -1,0 +1,97 @@
+"""Answer prompts about a long history with a trained OCR memory.
+
+    llm = MemoryLLM.from_pretrained("checkpoints/adapter")
+    a = llm.answer(history, "What is the value of delta? Answer with one word.")
+    a.text, a.cut_chars, a.pages, a.memory_tokens
+
+The history (a string, or chat turns [{"role", "content"}] formatted as `ocrmem.data.format_chat`
+formats them for training) is rendered with the adapter's render settings: when it needs more
+than render.max_pages pages its most recent text is kept and `cut_chars` says how many leading
+characters were dropped. The pages go through the frozen encoder and the trained projector in
+front of the chat-templated prompt; the answer is greedy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ocrmem.data import format_chat
+from ocrmem.dataset import chat_prompt
+from ocrmem.render import RenderResult, render_pages
+
+
+@dataclass
+class Answer:
+    text: str
+    cut_chars: int  # leading characters of the history that did not fit render.max_pages
+    pages: list[Image.Image] = field(default_factory=list)  # the memory pages as rendered
+    memory_tokens: int = 0  # LLM positions the memory took
+
+
+def history_text(history: str | list[dict]) -> str:
+    """A history as the text that is rendered: strings as they are, chat turns as training formats them."""
+    if isinstance(history, str):
+        return history
+    if isinstance(history, (list, tuple)):
+        return format_chat(list(history), "history")
+    raise TypeError(f"history must be a string or a list of chat turns, got {type(history).__name__}")
+
+
+class MemoryLLM:
+    def __init__(self, model, max_prompt_tokens: int | None = None):
+        self.model = model.eval()
+        self.tokenizer = model.tokenizer
+        self.render_settings = model.settings.render
+        self.max_prompt_tokens = max_prompt_tokens
+
+    @classmethod
+    def from_pretrained(cls, adapter_dir: str | Path, device: str | torch.device | None = None,
+                        max_prompt_tokens: int | None = None, **model_overrides) -> "MemoryLLM":
+        """Load an adapter (OcrMemModel.from_pretrained; overrides go to its model settings)."""
+        from ocrmem.model.ocrmem import OcrMemModel
+
+        model = OcrMemModel.from_pretrained(adapter_dir, **model_overrides)
+        if device is not None:
+            model.to(device)
+        return cls(model, max_prompt_tokens=max_prompt_tokens)
+
+    def render(self, history: str | list[dict]) -> RenderResult:
+        return render_pages(history_text(history), self.render_settings)
+
+    @torch.no_grad()
+    def answer_batch(self, histories: list[str | list[dict]], prompts: list[str], max_new_tokens: int = 64,
+                     batch_size: int = 8) -> list[Answer]:
+        """One answer per (history, prompt) pair, in order."""
+        if len(histories) != len(prompts):
+            raise ValueError(f"{len(histories)} histories but {len(prompts)} prompts: give one prompt per history")
+        model, tok = self.model, self.tokenizer
+        mtpp = model.memory_tokens_per_page
+        out: list[Answer] = []
+        for s in range(0, len(prompts), batch_size):
+            rendered = [self.render(h) for h in histories[s: s + batch_size]]
+            ids = []
+            for p in prompts[s: s + batch_size]:
+                x = chat_prompt(tok, p)
+                ids.append(x[-self.max_prompt_tokens:] if self.max_prompt_tokens else x)
+            n = max(len(x) for x in ids)
+            input_ids = torch.full((len(ids), n), tok.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(ids), n), dtype=torch.long)
+            for i, x in enumerate(ids):
+                input_ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
+                mask[i, : len(x)] = 1
+            counts = torch.tensor([len(r.pages) for r in rendered], dtype=torch.long)
+            pages = [p for r in rendered for p in r.pages]
+            kw = {"pixel_values": model.encoder.preprocess(pages)} if pages else {}
+            new = model.generate(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device),
+                                 page_counts=counts, max_new_tokens=max_new_tokens, **kw)
+            for r, row in zip(rendered, new.cpu().tolist()):
+                out.append(Answer(text=tok.decode(row, skip_special_tokens=True).strip(), cut_chars=r.cut_chars,
+                                  pages=r.pages, memory_tokens=len(r.pages) * mtpp))
+        return out
+
+    def answer(self, history: str | list[dict], prompt: str, max_new_tokens: int = 64) -> Answer:
+        return self.answer_batch([history], [prompt], max_new_tokens=max_new_tokens)[0]

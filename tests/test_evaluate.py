@@ -1,0 +1,221 @@
+"""ocrmem.evaluate and ocrmem.inference on a tiny pipeline: tiny random Llama, raw-pixel encoder, 128px pages."""
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from ocrmem import evaluate as E
+from ocrmem.data import Example, make_synthetic, read_manifest, render_dataset
+from ocrmem.settings import CONDITIONS, Settings
+
+LONG = " ".join(f"Fact {i}: the code word for item {i} is word{i}." for i in range(60))  # ~3000 chars: cut
+
+
+def _settings(root: Path, llm: Path, **eval_kw) -> Settings:
+    return Settings.model_validate({
+        "model": {"base_llm_model_name": str(llm), "encoder": "pixels", "pixel_patch_size": 16, "token_pool": 1},
+        "render": {"page_size": 128, "margin": 4, "font_size": 10, "max_pages": 2, "workers": 1},
+        "data": {"out_dir": str(root / "data"), "max_target_tokens": 16},
+        "eval": {"batch_size": 2, "max_new_tokens": 3, "full_text_max_tokens": 400, **eval_kw},
+        "train": {"output_dir": str(root / "checkpoints")},
+        "tracking": {"wandb_mode": "disabled"},
+    })
+
+
+@pytest.fixture(scope="module")
+def eval_pipeline(tmp_path_factory, tiny_models):
+    """(settings, model, rows): 5 eval examples rendered; one long history cut to the 2-page budget,
+    one shorter than the budget."""
+    from ocrmem.model.ocrmem import OcrMemModel
+
+    root = tmp_path_factory.mktemp("evalpipe")
+    s = _settings(root, tiny_models["llm"])
+    exs = make_synthetic(3, "easy", seed=0, split="eval")
+    exs.append(Example("long-1", LONG, "What is the code word for item 59?", "word59"))
+    exs.append(Example("short-1", "k: v", "What is k? Answer with one word.", "v"))
+    model = OcrMemModel.build(s)
+    render_dataset(s, tokenizer=model.tokenizer, tokens_per_page=model.memory_tokens_per_page, progress=False,
+                   examples={"eval": exs, "train": make_synthetic(2, "easy", seed=0, split="train")})
+    return s, model, read_manifest(s, "eval")
+
+
+def _contains(seq: list[int], sub: list[int]) -> bool:
+    return any(seq[i:i + len(sub)] == sub for i in range(len(seq) - len(sub) + 1))
+
+
+def test_condition_inputs_are_built_as_specified(eval_pipeline):
+    s, model, rows = eval_pipeline
+    tok, mtpp = model.tokenizer, model.memory_tokens_per_page
+    assert mtpp == (s.render.page_size // s.model.pixel_patch_size) ** 2 // getattr(s.model, "pixel_downsample", 1) ** 2
+    long_row = next(r for r in rows if r["id"] == "long-1")
+    assert long_row["cut_chars"] > 0 and len(long_row["pages"]) == 2
+    for row in rows:
+        hist = E.history_ids(tok, row["history"])
+        budget = len(row["pages"]) * mtpp
+        ins = {c: E.build_condition_input(c, row, tok, mtpp, full_text_max_tokens=400) for c in CONDITIONS}
+        # no_memory: no pages, no memory tokens, no history in the text
+        nm = ins["no_memory"]
+        assert nm.n_pages == 0 and nm.memory_tokens == 0 and nm.text_memory_ids == []
+        # ocr_memory: the pages and exactly pages x tokens-per-page memory tokens, same prompt text as no_memory
+        om = ins["ocr_memory"]
+        assert om.n_pages == len(row["pages"]) and om.memory_tokens == budget
+        assert om.prompt_ids == nm.prompt_ids and om.target_ids == nm.target_ids
+        # truncated_text: the most recent `budget` history tokens, spliced verbatim into the prompt
+        tt = ins["truncated_text"]
+        assert tt.n_pages == 0 and tt.memory_tokens == 0
+        assert tt.text_memory_ids == hist[-budget:]
+        assert len(tt.text_memory_ids) == min(budget, len(hist))
+        if len(hist) >= budget:
+            assert len(tt.text_memory_ids) == budget  # EXACTLY the OCR memory's token budget
+        assert _contains(tt.prompt_ids, tt.text_memory_ids)
+        # the prompt around the memory is the same for truncated_text and full_text
+        ft = ins["full_text"]
+        if len(hist) > 400:
+            assert ft.skipped
+            continue
+        assert not ft.skipped and ft.text_memory_ids == hist and _contains(ft.prompt_ids, hist)
+        assert row["history"] in tok.decode(ft.prompt_ids)
+        assert len(ft.prompt_ids) - len(hist) == len(tt.prompt_ids) - len(tt.text_memory_ids)
+
+
+def test_collate_labels_only_on_target(eval_pipeline):
+    s, model, rows = eval_pipeline
+    items = [E.build_condition_input("ocr_memory", r, model.tokenizer, model.memory_tokens_per_page) for r in rows[:3]]
+    b = E.collate(items, model.tokenizer.pad_token_id, with_target=True)
+    for i, it in enumerate(items):
+        lab = b["labels"][i][b["labels"][i] != -100].tolist()
+        assert lab == it.target_ids
+    assert b["page_counts"].tolist() == [len(r["pages"]) for r in rows[:3]]
+    g = E.collate(items, model.tokenizer.pad_token_id, with_target=False)
+    assert "labels" not in g and g["attention_mask"].sum(1).tolist() == [len(it.prompt_ids) for it in items]
+
+
+def test_scoring_helpers():
+    assert E.exact_match(" Black.", "black") and E.exact_match("black cat", "black")
+    assert not E.exact_match("", "black") and not E.exact_match("blue", "black")
+    assert E.exact_match("Hello, World!", "hello world") and not E.exact_match("hello", "hello world")
+    assert E.contains("The value of delta is black.", "black") and not E.contains("blackish", "black")
+    assert not E.contains("anything", "")
+    assert E.levenshtein("kitten", "sitting") == 3 and E.levenshtein("", "abc") == 3
+    assert E.char_precision("abc", "abc") == 1.0 and E.char_precision("xyzxyzxyz", "abc") == 0.0
+    assert [E.bucket_of(x) for x in (1.0, 2.0, 5, 8, 12.5, 40)] == ["<2", "2-4", "4-8", "8-12", "12-16", ">=16"]
+
+
+def test_evaluate_end_to_end(eval_pipeline, tmp_path):
+    s, model, rows = eval_pipeline
+    calls = []
+    forward = model.forward
+
+    def spy(*a, **kw):
+        calls.append((kw["page_counts"].tolist(), "pixel_values" in kw or "features" in kw))
+        return forward(*a, **kw)
+
+    model.forward = spy
+    try:
+        m = E.evaluate(s, model=model, out_dir=tmp_path, progress=False)
+    finally:
+        del model.forward
+    n = len(rows)
+    # the forward calls: per condition ceil(n / batch) batches (full_text one fewer example: the long one)
+    per_cond = [math.ceil(n / 2), math.ceil(n / 2), math.ceil(n / 2), math.ceil((n - 1) / 2)]
+    assert len(calls) == sum(per_cond)
+    no_mem, trunc, ocr = calls[:3], calls[3:6], calls[6:9]
+    assert all(sum(pc) == 0 and not has for pc, has in no_mem + trunc + calls[9:])
+    assert [p for pc, _ in ocr for p in pc] == [len(r["pages"]) for r in rows] and all(has for _, has in ocr)
+
+    # metrics: flat, numeric, complete
+    on_disk = json.loads((tmp_path / "metrics/eval.json").read_text())
+    assert on_disk == m
+    assert all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in m.values())
+    for c in CONDITIONS:
+        for k in ("exact_match", "contains", "loss", "perplexity", "n"):
+            assert f"{c}.{k}" in m, f"{c}.{k}"
+        assert 0 <= m[f"{c}.exact_match"] <= m[f"{c}.contains"] <= 1 and m[f"{c}.loss"] > 0
+        assert m[f"{c}.perplexity"] == pytest.approx(math.exp(m[f"{c}.loss"]), rel=1e-3)
+    assert m["n_examples"] == n and m["full_text.skipped"] == 1 and m["full_text.n"] == n - 1
+    assert m["no_memory.memory_tokens"] == 0 and m["ocr_memory.memory_tokens"] > 0
+    assert m["ocr_memory.from_cache"] == 0  # no feature cache was built
+    assert m["compression.mean"] > 0 and "seconds.total" in m
+    # truncated_text matches the budget on all but the short history
+    assert m["truncated_text.budget_matched"] == pytest.approx((n - 1) / n)
+
+    # per example: the same ids under every condition, budgets as built
+    ex = [json.loads(line) for line in (tmp_path / "metrics/eval_examples.jsonl").read_text().splitlines()]
+    assert [e["id"] for e in ex] == [r["id"] for r in rows]
+    for e in ex:
+        assert set(e["conditions"]) == set(CONDITIONS)
+        c = e["conditions"]
+        assert c["no_memory"]["memory_tokens"] == 0 and c["no_memory"]["text_memory_tokens"] == 0
+        assert c["ocr_memory"]["memory_tokens"] == e["memory_tokens"] == e["pages"] * model.memory_tokens_per_page
+        assert c["truncated_text"]["text_memory_tokens"] == min(e["memory_tokens"], e["history_tokens"])
+        if c["full_text"]["skipped"]:
+            assert e["history_tokens"] > 400 and c["full_text"]["prediction"] is None
+        else:
+            assert c["full_text"]["text_memory_tokens"] == e["history_tokens"]
+        for cond in CONDITIONS:
+            if not c[cond]["skipped"]:
+                assert isinstance(c[cond]["prediction"], str) and isinstance(c[cond]["correct"], bool)
+        assert e["compression"] == pytest.approx(e["kept_text_tokens"] / e["memory_tokens"], rel=1e-3)
+
+    # plots
+    with open(tmp_path / "plots/eval_conditions.csv") as f:
+        conds = list(csv.DictReader(f))
+    assert [r["condition"] for r in conds] == list(CONDITIONS)
+    with open(tmp_path / "plots/accuracy_vs_compression.csv") as f:
+        buckets = list(csv.DictReader(f))
+    assert buckets and sum(int(b["n"]) for b in buckets) == n
+    assert all(b["bucket"] in E.BUCKET_NAMES for b in buckets)
+    assert all(f"ocr_memory.bucket.{b['bucket']}.exact_match" in m for b in buckets)
+
+
+def test_evaluate_subset_cache_and_probe(eval_pipeline, tmp_path):
+    """Conditions subset, max_examples, the feature cache (same losses as pixels) and the reconstruction probe."""
+    from ocrmem.features import encode_pages
+
+    s, model, rows = eval_pipeline
+    s2 = s.model_copy(update={"eval": s.eval.model_copy(update={
+        "conditions": ["ocr_memory", "no_memory"], "max_examples": 3, "reconstruction_probe": True})})
+    pix = E.evaluate(s2, model=model, out_dir=tmp_path / "pix", progress=False)
+    assert pix["n_examples"] == 3 and "full_text.loss" not in pix and "truncated_text.loss" not in pix
+    assert 0 <= pix["reconstruction.precision"] <= 1
+    assert any(k.startswith("reconstruction.bucket.") for k in pix)
+    ex = [json.loads(x) for x in (tmp_path / "pix/metrics/eval_examples.jsonl").read_text().splitlines()]
+    assert all(isinstance(e["reconstruction"]["prediction"], str) for e in ex)
+
+    encode_pages(s2, model.encoder, progress=False)
+    cached = E.evaluate(s2, model=model, out_dir=tmp_path / "cache", progress=False)
+    assert cached["ocr_memory.from_cache"] == 1 and pix["ocr_memory.from_cache"] == 0
+    assert cached["ocr_memory.loss"] == pytest.approx(pix["ocr_memory.loss"], abs=1e-4)
+    assert cached["no_memory.loss"] == pix["no_memory.loss"]
+
+
+def test_memory_llm_answers_a_long_history(eval_pipeline, tmp_path):
+    from ocrmem.inference import MemoryLLM
+
+    s, model, rows = eval_pipeline
+    adapter = model.save_adapter(tmp_path / "adapter")
+    llm = MemoryLLM.from_pretrained(adapter)
+    # the trained tensors came back
+    for (n, p), (_, q) in zip(model.trainable_parameters(), llm.model.trainable_parameters()):
+        assert torch.equal(p, q), n
+    a = llm.answer(LONG, "What is the code word for item 59?", max_new_tokens=4)
+    assert isinstance(a.text, str)
+    assert a.cut_chars > 0 and len(a.pages) == s.render.max_pages
+    assert a.memory_tokens == len(a.pages) * llm.model.memory_tokens_per_page > 0
+    # the pages hold the most recent text: same pages as the render stage drew for the same history
+    rendered = llm.render(LONG)
+    assert rendered.cut_chars == a.cut_chars and LONG[a.cut_chars:].endswith("word59.")
+
+    turns = [{"role": "user", "content": "remember k: v"}, {"role": "assistant", "content": "ok"}]
+    b = llm.answer(turns, "What is k?", max_new_tokens=4)
+    c = llm.answer("user: remember k: v\n\nassistant: ok", "What is k?", max_new_tokens=4)
+    assert b.text == c.text and b.cut_chars == 0 and len(b.pages) == 1
+
+    many = llm.answer_batch([LONG, "k: v", turns], ["q1?", "q2?", "q3?"], max_new_tokens=3, batch_size=2)
+    assert [len(x.pages) for x in many] == [2, 1, 1] and many[0].cut_chars > 0 and many[1].cut_chars == 0
+    with pytest.raises(ValueError):
+        llm.answer_batch(["a"], ["q1", "q2"])
