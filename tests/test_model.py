@@ -174,3 +174,22 @@ def test_generate_greedy_matches_teacher_forcing(model):
         pad = seq - (mem[i].item() + n + 3)
         start = pad + mem[i].item() + n - 1
         assert out.logits[i, start:start + 3].argmax(-1).tolist() == new[i].tolist()
+
+
+def test_hf_vision_encoder_from_a_local_siglip(make_settings, tmp_path):
+    """Any transformers vision tower: a tiny SigLIP saved locally, loaded through from_pretrained."""
+    from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+
+    cfg = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                             image_size=64, patch_size=16)
+    SiglipVisionModel(cfg).save_pretrained(tmp_path / "siglip")
+    SiglipImageProcessor(size={"height": 64, "width": 64}).save_pretrained(tmp_path / "siglip")
+    s = make_settings(model={"encoder": "hf_vision", "ocr_model_name": str(tmp_path / "siglip")})
+    model = OcrMemModel.build(s)
+    assert model.encoder.tokens_per_page == 16 and model.encoder.out_dim == 32
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    b = _batch(model, [1, 1])
+    assert b["pixel_values"].shape[1:] == (3, 64, 64)
+    out = model(**b)
+    out.loss.backward()
+    assert all(p.grad is not None for _, p in model.trainable_parameters())

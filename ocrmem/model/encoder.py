@@ -99,8 +99,24 @@ class DeepseekOcr2Encoder(nn.Module):
 
     kind = "deepseek_ocr2"
 
-    def __init__(self, name: str, ms: ModelSettings):
+    def __init__(self, tower: nn.Module, image_size: int = 1024, mean=(0.5,) * 3, std=(0.5,) * 3,
+                 rescale: float = 1 / 255, name: str = "random-init"):
         super().__init__()
+        self.tower, self.image_size, self.rescale, self.name = tower, image_size, rescale, name
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.out_dim = tower.config.encoder_config.hidden_size
+        self.tokens_per_page = 256 if image_size > 768 else 144
+
+    @classmethod
+    def from_config(cls, vision_config, dtype=torch.float32) -> "DeepseekOcr2Encoder":
+        """Random-init tower of a given shape (benchmarks of real-size architectures)."""
+        from transformers.models.deepseek_ocr2.modeling_deepseek_ocr2 import DeepseekOcr2VisionModel
+
+        return cls(DeepseekOcr2VisionModel(vision_config).to(dtype), vision_config.sam_config.image_size)
+
+    @classmethod
+    def from_pretrained(cls, name: str, ms: ModelSettings) -> "DeepseekOcr2Encoder":
         from transformers import AutoConfig, DeepseekOcr2ForConditionalGeneration
         from transformers.utils import logging as hf_logging
 
@@ -129,18 +145,13 @@ class DeepseekOcr2Encoder(nn.Module):
         bad += [k for k, *_ in info["mismatched_keys"] if "vision_tower" in k]
         if bad:
             raise ValueError(f"{name!r}: vision tower weights missing or misshaped ({bad[:5]}): not a DeepSeek-OCR-2 checkpoint?")
-        self.tower = full.model.vision_tower
+        tower = full.model.vision_tower
         del full
-        vcfg = config.vision_config
         pre = _resolve_file(name, "preprocessor_config.json", ms.revision)
         pcfg = json.loads(pre.read_text()) if pre else {}
-        self.image_size = int(pcfg.get("size", {}).get("height", vcfg.sam_config.image_size))
-        self.register_buffer("mean", torch.tensor(pcfg.get("image_mean", [0.5] * 3)).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(pcfg.get("image_std", [0.5] * 3)).view(1, 3, 1, 1), persistent=False)
-        self.rescale = float(pcfg.get("rescale_factor", 1 / 255))
-        self.out_dim = vcfg.encoder_config.hidden_size
-        self.tokens_per_page = 256 if self.image_size > 768 else 144
-        self.name = name
+        size = int(pcfg.get("size", {}).get("height", config.vision_config.sam_config.image_size))
+        return cls(tower, size, pcfg.get("image_mean", [0.5] * 3), pcfg.get("image_std", [0.5] * 3),
+                   float(pcfg.get("rescale_factor", 1 / 255)), name)
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         return torch.from_numpy(np.stack([_to_rgb_array(im, self.image_size) for im in images])).permute(0, 3, 1, 2)
@@ -158,6 +169,10 @@ class HFVisionEncoder(nn.Module):
     """Any transformers vision model returning `last_hidden_state` (SigLIP, CLIP, ViT, ...)."""
 
     kind = "hf_vision"
+
+    @classmethod
+    def from_pretrained(cls, name: str, ms: ModelSettings) -> "HFVisionEncoder":
+        return cls(name, ms)
 
     def __init__(self, name: str, ms: ModelSettings):
         super().__init__()
@@ -236,7 +251,7 @@ def build_encoder(ms: ModelSettings, rs: RenderSettings) -> FrozenEncoder:
     if ms.encoder == "pixels":
         enc = PixelEncoder(ms.pixel_patch_size, rs.page_size, ms.pixel_downsample)
     else:
-        enc = ENCODERS[ms.encoder](ms.ocr_model_name, ms)
+        enc = ENCODERS[ms.encoder].from_pretrained(ms.ocr_model_name, ms)
     return FrozenEncoder(enc, frozen=ms.encoder_frozen)
 
 
