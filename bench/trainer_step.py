@@ -107,10 +107,12 @@ def main() -> None:
     (tmp / "index.json").write_text(json.dumps({"fingerprint": {}, "complete": True,
                                                  "pages": {k: "shard-00000.safetensors" for k in tensors}}))
     tok = shapes.tokenizer()
-    words = " ".join(["memory"] * args.text)
-    rows = [{"prompt": words, "target": "answer " * 8, "pages": ["p"] * args.pages,
+    # Same text as bench/costs.py: half prompt, half target (loss on the second half).
+    words = " ".join(["memory"] * (args.text // 2))
+    rows = [{"prompt": words, "target": words, "pages": ["p"] * args.pages,
              "sha256": [f"{i * args.pages + j:064x}" for j in range(args.pages)]} for i in range(n)]
-    ds = MemoryDataset(rows, tok, CachedPages(FeatureCache(tmp)), max_prompt_tokens=args.text)
+    ds = MemoryDataset(rows, tok, CachedPages(FeatureCache(tmp)), max_prompt_tokens=args.text,
+                       max_target_tokens=args.text // 2)
     targs = TrainingArguments(
         output_dir=str(tmp / "out"), max_steps=args.steps, per_device_train_batch_size=args.batch, learning_rate=1e-4,
         bf16=args.bf16, deepspeed=args.deepspeed, report_to="none", save_strategy="no", logging_steps=10**6,

@@ -251,7 +251,9 @@ class OcrMemModel(nn.Module):
         out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False, **kw)
         logits = out.logits[:, -keep:-1] if self._keeps_logits else out.logits[:, first - 1:-1]
         target = lab[:, first:]
-        tok_loss = F.cross_entropy(logits.float().transpose(1, 2), target, ignore_index=-100, reduction="none")
+        # 2-D cross entropy: the [B, V, T] form runs a strided "spatial" kernel, 3x slower on an H200.
+        tok_loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                   ignore_index=-100, reduction="none").view(target.shape)
         n_tok = (target != -100).sum(1)
         per_example = tok_loss.sum(1) / n_tok.clamp(min=1)
         denom = num_items_in_batch if num_items_in_batch is not None else n_tok.sum().clamp(min=1)
