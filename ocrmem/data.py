@@ -181,10 +181,11 @@ _FILLER_WORDS = (
 )  # fmt: skip
 
 DIFFICULTIES = {
-    # rows, vocabulary, blank line between rows (easy: one row per 64px patch row at 24px / 1.25)
-    "easy": (8, VOCAB_16, True),
-    "medium": (16, VOCAB_32, False),
-    "hard": (8, VOCAB_32, None),
+    # rows, vocabulary, blank line between rows, which rows are asked about
+    "easy": (8, VOCAB_16, True, "first"),
+    "medium": (8, VOCAB_16, True, "any"),
+    "hard": (16, VOCAB_32, False, "any"),
+    "prose": (8, VOCAB_32, None, "any"),
 }
 
 
@@ -197,24 +198,32 @@ def make_synthetic(n: int, difficulty: str = "easy", seed: int = 0, split: str =
     """`n` memory examples: facts in the history, a question about one of them, its one-word answer.
 
     easy:   a key-value sheet, 8 fixed keys in fixed order, one row per line with a blank line in
-            between (so row i always lands at the same place on the page), values from 16 words.
-    medium: 16 rows, one per line, 32 words.
-    hard:   8 facts ("The code word for bravo is owl.") at random places in random filler prose.
-    Chance without memory: 1/16 (easy), 1/32 (medium, hard). train and eval use disjoint seeded
-    streams (seed*2 and seed*2+1); the same arguments always give the same examples.
+            between (row i always lands at the same place on the page), values from 16 words; the
+            question is always about the first (oldest) row: recall of a word at a fixed place.
+            A frozen SmolLM2 with a linear projector over pixel_lines tokens learns it on the CPU
+            in ~75 steps (measured: 100% held-out at step 75, lr 3e-3, batch 8); the truncated-text
+            baseline, which keeps the most recent tokens, loses that row.
+    medium: the same sheet, the question about any row: the LLM must also route to the right
+            memory token (measured: 2 rows ~30% at 125 steps, 8 rows at chance after 150: a GPU
+            run, or more steps).
+    hard:   16 rows, one per line, 32 words, any row.
+    prose:  8 facts ("The code word for bravo is owl.") at random places in random filler prose:
+            needs a real OCR encoder (deepseek_ocr2) and 1024px pages.
+    Chance without memory: 1/16 (easy, medium), 1/32 (hard, prose). train and eval use disjoint
+    seeded streams (seed*2 and seed*2+1); the same arguments always give the same examples.
     """
     if difficulty not in DIFFICULTIES:
         raise ValueError(f"data.synthetic.difficulty = {difficulty!r}: use one of {', '.join(DIFFICULTIES)}")
     if split not in SPLITS:
         raise ValueError(f"split {split!r}: use one of {', '.join(SPLITS)}")
     rng = random.Random(seed * 2 + SPLITS.index(split))
-    n_rows, vocab, spaced = DIFFICULTIES[difficulty]
+    n_rows, vocab, spaced, asked = DIFFICULTIES[difficulty]
     keys = KEYS[:n_rows]
     out = []
     for i in range(n):
         values = [rng.choice(vocab) for _ in keys]
-        q = rng.randrange(n_rows)
-        if difficulty == "hard":
+        q = 0 if asked == "first" else rng.randrange(n_rows)
+        if difficulty == "prose":
             facts = [f"The code word for {k} is {v}." for k, v in zip(keys, values)]
             order = list(range(n_rows))
             rng.shuffle(order)

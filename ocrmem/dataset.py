@@ -31,6 +31,38 @@ def chat_prompt(tokenizer, prompt: str) -> list[int]:
     return tokenizer(prompt + "\n").input_ids
 
 
+MEMORY_PREFIX, MEMORY_SUFFIX = "Memory:\n", "\n\n"
+MEMORY_SLOT = "\u2063OCRMEM_MEMORY\u2063"  # split point of the templated prompt
+
+
+def memory_prompt(tokenizer, prompt: str, memory_ids: list[int] | None = None) -> tuple[list[int], int]:
+    """The user turn "Memory:\\n<memory>\\n\\n<prompt>" through the chat template: (ids, memory_pos).
+
+    Memory sits inside the user's message, where a chat LLM looks for content (as image tokens do in
+    LLaVA), not before the system prompt. `memory_ids` (text memory) are spliced in verbatim at
+    `memory_pos`; without them the slot is empty and OcrMemModel inserts the page embeddings there.
+    Text memory and OCR memory thus get exactly the same surroundings.
+    """
+    content = f"{MEMORY_PREFIX}{MEMORY_SLOT}{MEMORY_SUFFIX}{prompt}"
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                             tokenize=False)
+        head, tail = text.split(MEMORY_SLOT)
+        head_ids = tokenizer(head, add_special_tokens=False).input_ids
+        tail_ids = tokenizer(tail, add_special_tokens=False).input_ids
+    else:
+        head, tail = content.split(MEMORY_SLOT)
+        head_ids = tokenizer(head).input_ids
+        tail_ids = tokenizer(tail + "\n", add_special_tokens=False).input_ids
+    return head_ids + list(memory_ids or []) + tail_ids, len(head_ids)
+
+
+def clip_prompt(tokenizer, prompt: str, max_tokens: int) -> str:
+    """The most recent `max_tokens` tokens of a prompt (the question is at its end)."""
+    ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    return prompt if len(ids) <= max_tokens else tokenizer.decode(ids[-max_tokens:])
+
+
 def pick_objective(row: dict, mix: dict[str, float], seed: int, index: int) -> str:
     """Deterministic per (seed, index), so a resumed run sees the same targets as an uninterrupted one."""
     usable = {k: w for k, w in mix.items() if w > 0 and (k != "continue" or row.get("continuation"))}
@@ -89,23 +121,28 @@ class MemoryDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def encode_text(self, prompt: str, target: str | None) -> tuple[list[int], list[int]]:
-        ids = chat_prompt(self.tok, prompt)[-self.max_prompt:]
+    def encode_text(self, prompt: str, target: str | None) -> tuple[list[int], list[int], int]:
+        prompt = clip_prompt(self.tok, prompt, self.max_prompt)
+        if self.with_memory:
+            ids, pos = memory_prompt(self.tok, prompt)
+        else:
+            ids, pos = chat_prompt(self.tok, prompt), 0
         labels = [-100] * len(ids)
         if target is not None:
             t = self.tok(target, add_special_tokens=False).input_ids[: self.max_target]
             if self.tok.eos_token_id is not None:
                 t = t + [self.tok.eos_token_id]
             ids, labels = ids + t, labels + t
-        return ids, labels
+        return ids, labels, pos
 
     def __getitem__(self, i: int) -> dict:
         row = self.rows[i]
         objective = pick_objective(row, self.mix, self.seed, i)
         prompt, target = target_text(row, objective)
-        ids, labels = self.encode_text(prompt, target)
+        ids, labels, pos = self.encode_text(prompt, target)
         pages = self.pages(row) if self.with_memory else None
-        return {"input_ids": ids, "labels": labels, "pages": pages, "objective": OBJECTIVES.index(objective)}
+        return {"input_ids": ids, "labels": labels, "pages": pages, "memory_pos": pos,
+                "objective": OBJECTIVES.index(objective)}
 
 
 class MemoryCollator:
@@ -127,6 +164,7 @@ class MemoryCollator:
         pages = [x["pages"] for x in items if x["pages"] is not None and len(x["pages"])]
         counts = torch.tensor([0 if x["pages"] is None else len(x["pages"]) for x in items], dtype=torch.long)
         batch = {"input_ids": ids, "attention_mask": mask, "labels": labels, "page_counts": counts,
+                 "memory_pos": torch.tensor([x.get("memory_pos", 0) for x in items], dtype=torch.long),
                  "objective_ids": torch.tensor([x["objective"] for x in items], dtype=torch.long)}
         if pages:
             batch[self.key] = torch.cat(pages)

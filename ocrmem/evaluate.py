@@ -45,11 +45,9 @@ from pathlib import Path
 
 import torch
 
-from ocrmem.dataset import PROMPTS, CachedPages, PixelPages, chat_prompt
+from ocrmem.dataset import PROMPTS, CachedPages, PixelPages, chat_prompt, clip_prompt, memory_prompt
 from ocrmem.settings import CONDITIONS, Settings
 
-MEMORY_PLACEHOLDER = "\u2063OCRMEM_MEMORY\u2063"  # split point of the templated text-memory prompt
-MEMORY_PREFIX, MEMORY_SUFFIX = "Memory:\n", "\n\n"
 BUCKETS = ((0, 2), (2, 4), (4, 8), (8, 12), (12, 16), (16, math.inf))
 
 
@@ -131,27 +129,14 @@ class CondInput:
     prompt_ids: list[int]
     target_ids: list[int]
     n_pages: int = 0  # pages fed as memory tokens (ocr_memory only)
-    memory_tokens: int = 0  # memory embeddings in front of the text (n_pages x tokens per page)
+    memory_tokens: int = 0  # memory embeddings inserted at memory_pos (n_pages x tokens per page)
+    memory_pos: int = 0  # where the memory slot is in prompt_ids (OCR memory is inserted there)
     text_memory_ids: list[int] = field(default_factory=list)  # history tokens inside the prompt text
     skipped: bool = False  # full_text over eval.full_text_max_tokens
 
 
 def history_ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False).input_ids if text else []
-
-
-def text_memory_prompt(tokenizer, prompt: str, memory_ids: list[int]) -> list[int]:
-    """Chat-templated user turn "Memory:\\n<memory>\\n\\n<prompt>" with `memory_ids` spliced in verbatim."""
-    content = f"{MEMORY_PREFIX}{MEMORY_PLACEHOLDER}{MEMORY_SUFFIX}{prompt}"
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                             tokenize=False)
-        head, tail = text.split(MEMORY_PLACEHOLDER)
-        return (tokenizer(head, add_special_tokens=False).input_ids + list(memory_ids)
-                + tokenizer(tail, add_special_tokens=False).input_ids)
-    head, tail = content.split(MEMORY_PLACEHOLDER)
-    return (tokenizer(head).input_ids + list(memory_ids)
-            + tokenizer(tail + "\n", add_special_tokens=False).input_ids)
 
 
 def target_ids(tokenizer, target: str, max_target_tokens: int) -> list[int]:
@@ -172,19 +157,21 @@ def build_condition_input(condition: str, row: dict, tokenizer, memory_tokens_pe
     if hist_ids is None:
         hist_ids = history_ids(tokenizer, row["history"])
     n_pages = len(row["pages"])
+    prompt = clip_prompt(tokenizer, prompt, max_prompt_tokens)
     if condition == "no_memory":
-        return CondInput(condition, chat_prompt(tokenizer, prompt)[-max_prompt_tokens:], tgt)
-    if condition == "ocr_memory":
-        return CondInput(condition, chat_prompt(tokenizer, prompt)[-max_prompt_tokens:], tgt, n_pages=n_pages,
-                         memory_tokens=n_pages * memory_tokens_per_page)
+        return CondInput(condition, chat_prompt(tokenizer, prompt), tgt)
+    if condition == "ocr_memory":  # the same "Memory:" turn as the text conditions, pages in the slot
+        ids, pos = memory_prompt(tokenizer, prompt)
+        return CondInput(condition, ids, tgt, n_pages=n_pages, memory_tokens=n_pages * memory_tokens_per_page,
+                         memory_pos=pos)
     if condition == "truncated_text":
         budget = n_pages * memory_tokens_per_page
         mem = hist_ids[len(hist_ids) - budget:] if budget else []  # the most recent `budget` tokens
-        return CondInput(condition, text_memory_prompt(tokenizer, prompt, mem), tgt, text_memory_ids=mem)
+        return CondInput(condition, memory_prompt(tokenizer, prompt, mem)[0], tgt, text_memory_ids=mem)
     # full_text
     if len(hist_ids) > full_text_max_tokens:
         return CondInput(condition, [], tgt, text_memory_ids=[], skipped=True)
-    return CondInput(condition, text_memory_prompt(tokenizer, prompt, hist_ids), tgt, text_memory_ids=list(hist_ids))
+    return CondInput(condition, memory_prompt(tokenizer, prompt, hist_ids)[0], tgt, text_memory_ids=list(hist_ids))
 
 
 def collate(items: list[CondInput], pad_id: int, with_target: bool) -> dict:
@@ -200,7 +187,8 @@ def collate(items: list[CondInput], pad_id: int, with_target: bool) -> dict:
         if with_target:
             labels[i, len(it.prompt_ids): len(s)] = torch.tensor(it.target_ids, dtype=torch.long)
     batch = {"input_ids": ids, "attention_mask": mask,
-             "page_counts": torch.tensor([it.n_pages for it in items], dtype=torch.long)}
+             "page_counts": torch.tensor([it.n_pages for it in items], dtype=torch.long),
+             "memory_pos": torch.tensor([it.memory_pos for it in items], dtype=torch.long)}
     if with_target:
         batch["labels"] = labels
     return batch

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from ocrmem.data import format_chat
-from ocrmem.dataset import chat_prompt
+from ocrmem.dataset import clip_prompt, memory_prompt
 from ocrmem.render import RenderResult, render_pages
 
 
@@ -73,10 +73,11 @@ class MemoryLLM:
         out: list[Answer] = []
         for s in range(0, len(prompts), batch_size):
             rendered = [self.render(h) for h in histories[s: s + batch_size]]
-            ids = []
+            ids, where = [], []
             for p in prompts[s: s + batch_size]:
-                x = chat_prompt(tok, p)
-                ids.append(x[-self.max_prompt_tokens:] if self.max_prompt_tokens else x)
+                x, pos = memory_prompt(tok, clip_prompt(tok, p, self.max_prompt_tokens) if self.max_prompt_tokens else p)
+                ids.append(x)
+                where.append(pos)
             n = max(len(x) for x in ids)
             input_ids = torch.full((len(ids), n), tok.pad_token_id, dtype=torch.long)
             mask = torch.zeros((len(ids), n), dtype=torch.long)
@@ -87,7 +88,8 @@ class MemoryLLM:
             pages = [p for r in rendered for p in r.pages]
             kw = {"pixel_values": model.encoder.preprocess(pages)} if pages else {}
             new = model.generate(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device),
-                                 page_counts=counts, max_new_tokens=max_new_tokens, **kw)
+                                 page_counts=counts, memory_pos=torch.tensor(where), max_new_tokens=max_new_tokens,
+                                 **kw)
             for r, row in zip(rendered, new.cpu().tolist()):
                 out.append(Answer(text=tok.decode(row, skip_special_tokens=True).strip(), cut_chars=r.cut_chars,
                                   pages=r.pages, memory_tokens=len(r.pages) * mtpp))

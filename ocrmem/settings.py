@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
-ENCODER_KINDS = ("pixels", "deepseek_ocr2", "hf_vision")
+ENCODER_KINDS = ("pixels", "pixel_lines", "deepseek_ocr2", "hf_vision")
 PROJECTOR_KINDS = ("linear", "mlp2x_gelu")
 OBJECTIVES = ("qa", "reconstruct", "continue")
 CONDITIONS = ("no_memory", "truncated_text", "ocr_memory", "full_text")
@@ -51,10 +51,10 @@ class ModelSettings(Section):
         None, description="GGUF file name inside base_llm_model_name to load instead of safetensors (needs `gguf`)."
     )
     ocr_model_name: str = Field(
-        "pixels",
-        description="Frozen OCR encoder weights: hub id or local dir; for encoder=pixels a label, nothing is loaded.",
+        "pixel_lines",
+        description="Frozen OCR encoder weights: hub id or local dir; for pixels/pixel_lines a label, nothing loaded.",
     )
-    encoder: str = Field("pixels", description=f"Encoder kind, one of {ENCODER_KINDS}.")
+    encoder: str = Field("pixel_lines", description=f"Encoder kind, one of {ENCODER_KINDS}.")
     encoder_frozen: bool = Field(True, description="Freeze the encoder (eval mode, no autograd, features cacheable).")
     pixel_patch_size: int = Field(64, gt=0, description="pixels encoder: side of the square patch cut from the page.")
     pixel_downsample: int = Field(
@@ -88,6 +88,13 @@ class ModelSettings(Section):
             raise ValueError(f"unknown encoder {v!r}: use one of {', '.join(ENCODER_KINDS)}")
         return v
 
+    @model_validator(mode="after")
+    def _lines_are_not_a_grid(self) -> "ModelSettings":
+        if self.encoder == "pixel_lines" and self.token_pool != 1:
+            raise ValueError("model.token_pool must be 1 with encoder pixel_lines (its tokens are lines, not a "
+                             "square grid): compress with render settings (smaller font, more text per line) instead")
+        return self
+
     @field_validator("projector")
     @classmethod
     def _projector_kind(cls, v: str) -> str:
@@ -118,8 +125,9 @@ class RenderSettings(Section):
 
 
 class SyntheticSettings(Section):
-    difficulty: Literal["easy", "medium", "hard"] = Field(
-        "easy", description="easy: key-value sheet, fixed rows; medium: more rows, larger vocabulary; hard: prose."
+    difficulty: Literal["easy", "medium", "hard", "prose"] = Field(
+        "easy", description="easy: key-value sheet, always the first row asked; medium: any row; hard: 16 rows, "
+        "32 words; prose: facts hidden in prose (needs a real OCR encoder). See ocrmem.data.make_synthetic.",
     )
     n_train: int = Field(512, gt=0, description="Training examples.")
     n_eval: int = Field(64, gt=0, description="Held-out examples.")
@@ -147,13 +155,13 @@ class FeatureSettings(Section):
 
 class TrainSettings(Section):
     output_dir: str = Field("checkpoints", description="Checkpoints and the final adapter (output_dir/adapter).")
-    max_steps: int = Field(60, gt=0, description="Optimizer steps.")
+    max_steps: int = Field(100, gt=0, description="Optimizer steps.")
     per_device_train_batch_size: int = Field(8, gt=0, description="Examples per device per micro-step.")
     gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-steps per optimizer step.")
     learning_rate: float = Field(3e-3, gt=0, description="Peak learning rate of the projector.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     warmup_steps: int = Field(5, ge=0, description="Linear warm-up steps.")
-    lr_scheduler_type: str = Field("cosine", description="transformers scheduler name.")
+    lr_scheduler_type: str = Field("constant_with_warmup", description="transformers scheduler name.")
     seed: int = Field(0, description="Seed of init, data order and dropout.")
     logging_steps: int = Field(5, gt=0, description="Log every N steps.")
     save_steps: int = Field(20, gt=0, description="Checkpoint every N steps (resume point).")
@@ -282,7 +290,7 @@ def check_model_paths(s: Settings) -> None:
     """Refuse a local model path that is missing (called before any model is loaded)."""
     bad = []
     names = [("model.base_llm_model_name", s.model.base_llm_model_name)]
-    if s.model.encoder != "pixels":
+    if s.model.encoder not in ("pixels", "pixel_lines"):
         names.append(("model.ocr_model_name", s.model.ocr_model_name))
     for field, name in names:
         if is_local_path(name) and not Path(name).expanduser().exists():

@@ -85,18 +85,21 @@ def test_load_examples_dispatch(tmp_path):
 # -- synthetic -----------------------------------------------------------------------------------
 
 
-def test_synthetic_deterministic_disjoint_and_answerable():
-    a = D.make_synthetic(200, "easy", seed=3, split="train")
-    assert a == D.make_synthetic(200, "easy", seed=3, split="train")
-    ev = D.make_synthetic(200, "easy", seed=3, split="eval")
+@pytest.mark.parametrize("difficulty", ["easy", "medium"])
+def test_synthetic_deterministic_disjoint_and_answerable(difficulty):
+    a = D.make_synthetic(200, difficulty, seed=3, split="train")
+    assert a == D.make_synthetic(200, difficulty, seed=3, split="train")
+    ev = D.make_synthetic(200, difficulty, seed=3, split="eval")
     assert {x.history for x in a}.isdisjoint({x.history for x in ev})
-    assert a != D.make_synthetic(200, "easy", seed=4, split="train")
+    assert a != D.make_synthetic(200, difficulty, seed=4, split="train")
     for ex in a:
         key = ex.meta["key"]
         assert f"{key}: {ex.target}\n" in ex.history + "\n"
-        assert key in ex.prompt and ex.target in D.VOCAB_16 and ex.meta["difficulty"] == "easy"
+        assert key in ex.prompt and ex.target in D.VOCAB_16 and ex.meta["difficulty"] == difficulty
+    asked = {ex.meta["row"] for ex in a}
+    assert asked == ({0} if difficulty == "easy" else set(range(8)))  # easy: always the first (oldest) row
     # chance without memory is 1/16: all 16 answers occur, none dominates
-    counts = {w: sum(ex.target == w for ex in D.make_synthetic(4000, "easy", 0, "train")) for w in D.VOCAB_16}
+    counts = {w: sum(ex.target == w for ex in D.make_synthetic(4000, difficulty, 0, "train")) for w in D.VOCAB_16}
     assert len(counts) == 16 and max(counts.values()) / 4000 < 0.1 and min(counts.values()) > 0
 
 
@@ -105,21 +108,21 @@ def test_synthetic_easy_rows_at_fixed_lines():
     from ocrmem.settings import RenderSettings
 
     rs = RenderSettings()  # CPU default: 512px, 24px font
-    for ex in D.make_synthetic(5, "easy", 0, "train") + D.make_synthetic(5, "medium", 0, "train"):
+    for ex in D.make_synthetic(5, "easy", 0, "train") + D.make_synthetic(5, "hard", 0, "train"):
         lines, cut = layout(ex.history, rs)
         assert cut == 0
         texts = [ex.history[a:b] for a, b in lines]
         rows = [t for t in texts if t]
-        step = 2 if ex.meta["difficulty"] == "easy" else 1
+        step = 2 if ex.meta["difficulty"] == "easy" else 1  # hard: one row per line
         for i, k in enumerate(D.KEYS[: len(rows)]):
             assert texts[i * step].startswith(f"{k}: ")  # row i at y = margin + i*step*line_height
     assert line_height(rs) * 2 < 64 + 1  # easy: one row per 64px patch row
 
 
-def test_synthetic_medium_hard():
-    m = D.make_synthetic(50, "medium", 1, "train")
+def test_synthetic_hard_prose():
+    m = D.make_synthetic(50, "hard", 1, "train")
     assert all(len(x.history.splitlines()) == 16 and x.target in D.VOCAB_32 for x in m)
-    h = D.make_synthetic(50, "hard", 1, "train")
+    h = D.make_synthetic(50, "prose", 1, "train")
     for ex in h:
         assert f"The code word for {ex.meta['key']} is {ex.target}." in ex.history
     assert len({x.history.index("The code word for alpha") for x in h}) > 10  # facts move around

@@ -60,10 +60,11 @@ def test_condition_inputs_are_built_as_specified(eval_pipeline):
         # no_memory: no pages, no memory tokens, no history in the text
         nm = ins["no_memory"]
         assert nm.n_pages == 0 and nm.memory_tokens == 0 and nm.text_memory_ids == []
-        # ocr_memory: the pages and exactly pages x tokens-per-page memory tokens, same prompt text as no_memory
+        # ocr_memory: the pages and exactly pages x tokens-per-page memory tokens, inserted in the same
+        # "Memory:" slot that holds the text memory of truncated_text / full_text
         om = ins["ocr_memory"]
         assert om.n_pages == len(row["pages"]) and om.memory_tokens == budget
-        assert om.prompt_ids == nm.prompt_ids and om.target_ids == nm.target_ids
+        assert om.target_ids == nm.target_ids and om.memory_pos > 0
         # truncated_text: the most recent `budget` history tokens, spliced verbatim into the prompt
         tt = ins["truncated_text"]
         assert tt.n_pages == 0 and tt.memory_tokens == 0
@@ -72,6 +73,9 @@ def test_condition_inputs_are_built_as_specified(eval_pipeline):
         if len(hist) >= budget:
             assert len(tt.text_memory_ids) == budget  # EXACTLY the OCR memory's token budget
         assert _contains(tt.prompt_ids, tt.text_memory_ids)
+        k = om.memory_pos
+        assert tt.prompt_ids[:k] + tt.prompt_ids[k + len(tt.text_memory_ids):] == om.prompt_ids
+        assert tt.prompt_ids[k:k + len(tt.text_memory_ids)] == tt.text_memory_ids
         # the prompt around the memory is the same for truncated_text and full_text
         ft = ins["full_text"]
         if len(hist) > 400:

@@ -193,3 +193,24 @@ def test_hf_vision_encoder_from_a_local_siglip(make_settings, tmp_path):
     out = model(**b)
     out.loss.backward()
     assert all(p.grad is not None for _, p in model.trainable_parameters())
+
+
+def test_memory_goes_into_its_slot(model):
+    """Memory is inserted at memory_pos (inside the user turn), text before and after it intact."""
+    from ocrmem.dataset import memory_prompt
+
+    tok = model.tokenizer
+    ids, pos = memory_prompt(tok, "What is alpha?")
+    assert 0 < pos < len(ids) and "Memory:" in tok.decode(ids[:pos])
+    b = _batch(model, [1], texts=("x",))
+    input_ids = torch.tensor([ids + [7, 8]])
+    labels = torch.tensor([[-100] * len(ids) + [7, 8]])
+    memory = model.embed_memory(pixel_values=b["pixel_values"])
+    embeds, mask, _, lab, _ = model.build_inputs(input_ids, torch.ones_like(input_ids), labels, torch.tensor([1]),
+                                                 memory, torch.tensor([pos]))
+    t = model.memory_tokens_per_page
+    text = model.llm.get_input_embeddings()(input_ids[0])
+    assert torch.equal(embeds[0, :pos], text[:pos])
+    assert torch.equal(embeds[0, pos:pos + t], memory[0])
+    assert torch.equal(embeds[0, pos + t:], text[pos:])
+    assert lab[0, -2:].tolist() == [7, 8] and (lab[0, :-2] == -100).all()

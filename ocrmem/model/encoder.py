@@ -71,6 +71,47 @@ class PixelEncoder(nn.Module):
                 "downsample": self.downsample}
 
 
+class PixelLineEncoder(PixelEncoder):
+    """No weights: one token per rendered text line (the ink of that line's strip, pooled).
+
+    Pages are drawn on a fixed line grid (render.margin + i * line height), so a strip of the grid
+    holds exactly one line of text: the page's natural tokens, and the parameter-free encoder that
+    a linear projector learns to read fastest (measured in bench/objective_sweep.py).
+    """
+
+    kind = "pixel_lines"
+
+    def __init__(self, rs: RenderSettings, downsample: int = 1):
+        nn.Module.__init__(self)
+        from ocrmem.render import line_height, lines_per_page
+
+        self.page_size, self.downsample, self.patch_size = rs.page_size, downsample, None
+        self.top, self.lh, self.n = rs.margin, line_height(rs), lines_per_page(rs)
+        self.width = rs.page_size - 2 * rs.margin
+        if self.lh % downsample or self.width % downsample:
+            raise ValueError(
+                f"model.pixel_downsample={downsample} must divide the line height ({self.lh}px = render.font_size x "
+                f"render.line_spacing) and the text width ({self.width}px = page_size - 2 x margin): pick another"
+            )
+        self.out_dim = (self.lh // downsample) * (self.width // downsample)
+        self.tokens_per_page = self.n
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        ink = 1.0 - pixel_values.float() / 255.0
+        ink = ink[:, :, self.top:, self.top:self.top + self.width]
+        need = self.n * self.lh
+        if ink.shape[2] < need:  # the last line's strip may reach past the page's edge
+            ink = nn.functional.pad(ink, (0, 0, 0, need - ink.shape[2]))
+        ink = ink[:, :, :need]
+        if self.downsample > 1:
+            ink = nn.functional.avg_pool2d(ink, self.downsample)
+        return ink.reshape(ink.shape[0], self.n, -1)
+
+    def fingerprint(self) -> dict:
+        return {"kind": self.kind, "page_size": self.page_size, "line_height": self.lh, "top": self.top,
+                "lines": self.n, "downsample": self.downsample}
+
+
 def _hub_kwargs(ms: ModelSettings) -> dict:
     return {"revision": ms.revision, "trust_remote_code": ms.trust_remote_code}
 
@@ -241,7 +282,8 @@ class FrozenEncoder(nn.Module):
         return self.encoder.fingerprint()
 
 
-ENCODERS = {"pixels": PixelEncoder, "deepseek_ocr2": DeepseekOcr2Encoder, "hf_vision": HFVisionEncoder}
+ENCODERS = {"pixels": PixelEncoder, "pixel_lines": PixelLineEncoder, "deepseek_ocr2": DeepseekOcr2Encoder,
+            "hf_vision": HFVisionEncoder}
 
 
 def build_encoder(ms: ModelSettings, rs: RenderSettings) -> FrozenEncoder:
@@ -250,6 +292,8 @@ def build_encoder(ms: ModelSettings, rs: RenderSettings) -> FrozenEncoder:
         raise ValueError(f"model.encoder={ms.encoder!r} is unknown: use one of {', '.join(ENCODERS)}")
     if ms.encoder == "pixels":
         enc = PixelEncoder(ms.pixel_patch_size, rs.page_size, ms.pixel_downsample)
+    elif ms.encoder == "pixel_lines":
+        enc = PixelLineEncoder(rs, ms.pixel_downsample)
     else:
         enc = ENCODERS[ms.encoder].from_pretrained(ms.ocr_model_name, ms)
     return FrozenEncoder(enc, frozen=ms.encoder_frozen)
@@ -260,6 +304,10 @@ def raw_tokens_per_page(s: Settings) -> int:
     ms = s.model
     if ms.encoder == "pixels":
         return (s.render.page_size // (ms.pixel_patch_size * ms.pixel_downsample)) ** 2
+    if ms.encoder == "pixel_lines":
+        from ocrmem.render import lines_per_page
+
+        return lines_per_page(s.render)
     if ms.encoder == "deepseek_ocr2":
         return 256 if s.render.page_size > 768 else 144
     from transformers import AutoConfig

@@ -199,8 +199,9 @@ class OcrMemModel(nn.Module):
             features = self.encode_pages(pixel_values)
         return self.projector(features.to(self.device))
 
-    def build_inputs(self, input_ids, attention_mask, labels=None, page_counts=None, memory=None):
-        """Lay out [memory][text] per sample, left-padded; labels -100 on memory and padding."""
+    def build_inputs(self, input_ids, attention_mask, labels=None, page_counts=None, memory=None, memory_pos=None):
+        """Insert each sample's memory into its text at memory_pos (default: in front), left-pad the
+        batch; labels are -100 on memory and padding."""
         embed = self.llm.get_input_embeddings()
         text = embed(input_ids)
         bsz = input_ids.shape[0]
@@ -210,36 +211,35 @@ class OcrMemModel(nn.Module):
         mem_tok = memory.shape[1] if memory is not None else 0
         mem = memory.reshape(-1, memory.shape[-1]) if memory is not None else None
         lengths = attention_mask.sum(1).tolist()
-        rows, total = [], []
-        start = 0
-        for i in range(bsz):
-            n_mem = counts[i] * mem_tok
-            m = mem[start:start + n_mem] if n_mem else text.new_zeros(0, text.shape[-1])
-            start += n_mem
-            rows.append((m.to(text.dtype), text[i, : lengths[i]], labels[i, : lengths[i]] if labels is not None else None))
-            total.append(n_mem + lengths[i])
-        seq = max(total)
-        hid = text.shape[-1]
+        where = [0] * bsz if memory_pos is None else [int(p) for p in memory_pos]
+        total = [counts[i] * mem_tok + lengths[i] for i in range(bsz)]
+        seq, hid = max(total), text.shape[-1]
         embeds, mask, lab = [], torch.zeros(bsz, seq, dtype=torch.long, device=text.device), None
         if labels is not None:
             lab = torch.full((bsz, seq), -100, dtype=torch.long, device=text.device)
-        for i, (m, t, lbl) in enumerate(rows):
-            pad = seq - total[i]
-            embeds.append(torch.cat([text.new_zeros(pad, hid), m, t]))
+        start = 0
+        for i in range(bsz):
+            n_mem, k, pad = counts[i] * mem_tok, where[i], seq - total[i]
+            m = mem[start:start + n_mem].to(text.dtype) if n_mem else text.new_zeros(0, hid)
+            start += n_mem
+            t = text[i, : lengths[i]]
+            embeds.append(torch.cat([text.new_zeros(pad, hid), t[:k], m, t[k:]]))
             mask[i, pad:] = 1
-            if lbl is not None:
-                lab[i, pad + m.shape[0]:] = lbl
+            if labels is not None:
+                lab[i, pad:pad + k] = labels[i, :k]
+                lab[i, pad + k + n_mem:] = labels[i, k:lengths[i]]
         inputs_embeds = torch.stack(embeds)
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         mem_counts = torch.tensor([c * mem_tok for c in counts], device=text.device)
         return inputs_embeds, mask, position_ids, lab, mem_counts
 
     def forward(self, input_ids, attention_mask, labels=None, page_counts=None, pixel_values=None, features=None,
-                num_items_in_batch=None, **_ignored) -> OcrMemOutput:
+                memory_pos=None, num_items_in_batch=None, **_ignored) -> OcrMemOutput:
         memory = None
         if page_counts is not None and int(page_counts.sum()) > 0:
             memory = self.embed_memory(pixel_values=pixel_values, features=features)
-        embeds, mask, pos, lab, mem_counts = self.build_inputs(input_ids, attention_mask, labels, page_counts, memory)
+        embeds, mask, pos, lab, mem_counts = self.build_inputs(input_ids, attention_mask, labels, page_counts, memory,
+                                                               memory_pos)
         if lab is None:
             out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False)
             return OcrMemOutput(None, out.logits, memory_tokens=mem_counts)
@@ -263,12 +263,13 @@ class OcrMemModel(nn.Module):
     # -- generation -------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, page_counts=None, pixel_values=None, features=None,
-                 max_new_tokens: int = 16, eos_token_id: int | list[int] | None = None) -> torch.Tensor:
+                 memory_pos=None, max_new_tokens: int = 16, eos_token_id: int | list[int] | None = None,
+                 **_ignored) -> torch.Tensor:
         """Greedy decoding with a KV cache; returns the new token ids [B, <=max_new_tokens]."""
         memory = None
         if page_counts is not None and int(page_counts.sum()) > 0:
             memory = self.embed_memory(pixel_values=pixel_values, features=features)
-        embeds, mask, pos, _, _ = self.build_inputs(input_ids, attention_mask, None, page_counts, memory)
+        embeds, mask, pos, _, _ = self.build_inputs(input_ids, attention_mask, None, page_counts, memory, memory_pos)
         if eos_token_id is None and self.tokenizer is not None:
             eos_token_id = self.tokenizer.eos_token_id
         eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []), device=embeds.device)
