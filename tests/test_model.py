@@ -214,3 +214,30 @@ def test_memory_goes_into_its_slot(model):
     assert torch.equal(embeds[0, pos:pos + t], memory[0])
     assert torch.equal(embeds[0, pos + t:], text[pos:])
     assert lab[0, -2:].tolist() == [7, 8] and (lab[0, :-2] == -100).all()
+
+
+def test_pixel_lines_encoder_one_token_per_rendered_line():
+    from ocrmem.model.encoder import PixelLineEncoder
+    from ocrmem.render import lines_per_page, render_pages
+    from ocrmem.settings import RenderSettings
+
+    rs = RenderSettings()  # the CPU default: 512px, 24px font, 30px lines
+    enc = PixelLineEncoder(rs, downsample=2)
+    assert enc.tokens_per_page == lines_per_page(rs) == 16 and enc.out_dim == 15 * 240
+    page = render_pages("\n\nalpha: bee\n\n\n\nbravo: cow", rs).pages[0]  # text on lines 2 and 6
+    feats = enc(enc.preprocess([page]))[0]
+    ink = feats.sum(1)
+    inked = [i for i in range(16) if ink[i] > 0.05 * ink.max()]  # a descender may graze the next strip
+    assert inked == [2, 6]
+    with pytest.raises(ValueError, match="pixel_downsample=7"):
+        PixelLineEncoder(rs, downsample=7)
+
+
+def test_pixel_lines_refuses_token_pool():
+    from ocrmem.settings import ConfigError, load_settings  # noqa: F401
+    from pydantic import ValidationError
+
+    from ocrmem.settings import ModelSettings
+
+    with pytest.raises(ValidationError, match="token_pool must be 1"):
+        ModelSettings(encoder="pixel_lines", token_pool=2)

@@ -158,7 +158,7 @@ def test_gpu_deployment_object():
     req = jv["container_create_kwargs"]["device_requests"][0]
     assert req["capabilities"] == [["gpu"]] and req["count"] == -1 and req["driver"] == "nvidia"
     assert d.parameters["params_path"].endswith("params.yaml") and d.parameters["workdir"] == "/app"
-    assert "encoder:pixels" in d.tags
+    assert "encoder:pixel_lines" in d.tags
 
 
 # -- (d) the flow's tasks call the library functions ------------------------------------------------

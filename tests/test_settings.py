@@ -35,7 +35,7 @@ def no_model_loading(monkeypatch):
 
 def test_repo_params_are_valid():
     s = load_settings(REPO / "params.yaml")
-    assert s.model.encoder == "pixels" and s.train.deepspeed is None
+    assert s.model.encoder == "pixel_lines" and s.train.deepspeed is None
 
 
 @pytest.mark.parametrize("field", ["ocr_model_name", "base_llm_model_name"])
@@ -119,3 +119,9 @@ def test_remote_code_needs_trust_remote_code(tmp_path):
 def test_missing_params_file(capsys):
     assert main(["validate", "--params", "/no/such/params.yaml"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_gpu_params_are_valid(monkeypatch):
+    monkeypatch.chdir(REPO)
+    s = load_settings(REPO / "configs/params.gpu.yaml")
+    assert s.model.encoder == "deepseek_ocr2" and s.train.deepspeed == "configs/ds_zero2.json" and s.train.bf16
