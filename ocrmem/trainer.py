@@ -144,7 +144,7 @@ def setup_tracking(settings: Settings) -> str:
     os.environ.setdefault("WANDB_PROJECT", t.project)
     if t.entity:
         os.environ.setdefault("WANDB_ENTITY", t.entity)
-    os.environ.setdefault("WANDB_DIR", str(Path(settings.train.output_dir).resolve()))
+    os.environ.setdefault("WANDB_DIR", str(Path.cwd()))  # ./wandb/: outside the DVC-tracked checkpoints
     os.environ.setdefault("WANDB_SILENT", "true")
     return "wandb"
 
@@ -229,8 +229,10 @@ def train(settings: Settings, model: OcrMemModel | None = None, resume: bool = T
     seconds = time.time() - t0
     after = trainer.evaluate(metric_key_prefix="eval_after")["eval_after_loss"]
     trainer.save_model(str(settings.adapter_dir))
+    logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     metrics = {
-        "final_loss": round(float(result.training_loss), 5), "steps": int(result.global_step),
+        "final_loss": round(float(logged[-1]), 5) if logged else None,
+        "mean_train_loss": round(float(result.training_loss), 5), "steps": int(result.global_step),
         "samples_per_second": round(result.metrics.get("train_samples_per_second", 0.0), 3),
         "train_seconds": round(seconds, 1), "trainable_parameters": counts["trainable"],
         "total_parameters": counts["total"], "eval_loss_before": round(before, 5), "eval_loss_after": round(after, 5),
