@@ -109,6 +109,8 @@ def cmd_evaluate(args, s: Settings) -> int:
     from ocrmem.evaluate import evaluate
 
     evaluate(s, adapter_dir=args.adapter)
+    print(f"\nresults: metrics/eval.json (dvc metrics show), plots/ (dvc plots show), per-example answers in "
+          f"metrics/eval_examples.jsonl; adapter: {args.adapter or s.adapter_dir} (ocrmem generate --adapter ...)")
     return 0
 
 
