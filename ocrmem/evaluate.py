@@ -516,8 +516,7 @@ def _log_wandb(settings: Settings, metrics: dict, table: list[dict], buckets: li
               file=sys.stderr)
         return
     os.environ.setdefault("WANDB_SILENT", "true")
-    wdir = Path(settings.train.output_dir).resolve()
-    wdir.mkdir(parents=True, exist_ok=True)
+    wdir = Path.cwd()  # ./wandb/: never inside the DVC-tracked checkpoints (it would dirty the train stage)
     run = wandb.init(mode=t.wandb_mode, project=t.project, entity=t.entity,
                      name=(t.run_name + "-eval") if t.run_name else None, dir=str(wdir), job_type="eval",
                      config={"ocrmem": settings.model_dump()}, reinit="finish_previous")

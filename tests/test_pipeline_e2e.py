@@ -48,7 +48,7 @@ def make_repo(path: Path, git: bool = True) -> Path:
 
 def env() -> dict:
     return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-            "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": ""}
+            "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": ""}
 
 
 def run(cmd: list[str], cwd: Path) -> str:
