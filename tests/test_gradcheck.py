@@ -33,6 +33,11 @@ def _wrap(module, fn):
     module.forward = forward
 
 
+def _under_no_grad(orig, *a, **k):
+    with torch.no_grad():
+        return orig(*a, **k)
+
+
 def test_healthy_model_passes(setup):
     model, batch = setup
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -58,11 +63,7 @@ def test_pixel_path_encoder_records_no_graph(pipeline):
 def test_projector_under_no_grad(setup):
     model, batch = setup
 
-    def no_grad(orig, *a, **k):
-        with torch.no_grad():
-            return orig(*a, **k)
-
-    _wrap(model.projector, no_grad)
+    _wrap(model.projector, _under_no_grad)
     r = check_gradient_flow(model, batch)
     assert not r.ok and "projector ran under torch.no_grad()" in r.diagnosis[0]
 
@@ -77,11 +78,7 @@ def test_no_trainable_parameters(setup):
 def test_llm_without_autograd(setup):
     model, batch = setup
 
-    def no_grad(orig, *a, **k):
-        with torch.no_grad():
-            return orig(*a, **k)
-
-    _wrap(model.llm, no_grad)
+    _wrap(model.llm, _under_no_grad)
     r = check_gradient_flow(model, batch)
     assert not r.ok and any("LLM run without autograd" in d for d in r.diagnosis)
 
