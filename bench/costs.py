@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, measure, save, sync, table  # noqa: E402
+from common import machine, measure, save, table  # noqa: E402
 import shapes  # noqa: E402
 
 from ocrmem.model.encoder import DeepseekOcr2Encoder, FrozenEncoder  # noqa: E402

@@ -26,22 +26,6 @@ VARIANTS = {
 }
 
 
-def exact_match(model, rows, pages, tokenizer, n: int = 64) -> float:
-    from ocrmem.dataset import MemoryCollator, MemoryDataset
-
-    ds = MemoryDataset(rows[:n], tokenizer, pages)
-    items = [ds[i] for i in range(len(ds))]
-    for it in items:  # prompt only: drop the target tokens
-        k = sum(1 for x in it["labels"] if x == -100)
-        it["input_ids"], it["labels"] = it["input_ids"][:k], it["labels"][:k]
-    batch = MemoryCollator(tokenizer.pad_token_id, pages.key)(items)
-    batch.pop("labels"), batch.pop("objective_ids")
-    out = model.generate(**batch, max_new_tokens=6)
-    texts = tokenizer.batch_decode(out, skip_special_tokens=True)
-    hits = [t.strip().split()[:1] == [r["target"].strip()] for t, r in zip(texts, rows[:n])]
-    return sum(hits) / len(hits)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
@@ -52,7 +36,8 @@ def main() -> None:
     os.environ["WANDB_MODE"] = "disabled"
     from ocrmem.model import OcrMemModel, load_llm
     from ocrmem.settings import load_settings
-    from ocrmem.trainer import build_datasets, train
+    from ocrmem.evaluate import evaluate
+    from ocrmem.trainer import train
 
     base = load_settings(args.params)
     llm, tok = load_llm(base.model)
@@ -67,9 +52,8 @@ def main() -> None:
             model = OcrMemModel.build(s, llm=llm, tokenizer=tok)
             t0 = time.time()
             m = train(s, model=model, resume=False, metrics_path=None)
-            _, eval_ds, _ = build_datasets(s, model)
-            model.eval()
-            em = exact_match(model, eval_ds.rows, eval_ds.pages, tok)
+            s.eval.conditions, s.eval.max_examples = ["ocr_memory"], 64  # scored exactly as `ocrmem evaluate`
+            em = evaluate(s, model=model.eval(), out_dir=tmp, progress=False)["ocr_memory.exact_match"]
             results.append({"variant": name, "objectives": mix, "learning_rate": lr, "steps": args.steps,
                             "eval_qa_loss": m["eval_loss_after"], "exact_match": em,
                             "seconds": round(time.time() - t0, 1)})

@@ -50,13 +50,9 @@ def cmd_standins(args, s: Settings | None) -> int:
 def cmd_render(args, s: Settings) -> int:
     from ocrmem.data import render_dataset
     from ocrmem.model.encoder import tokens_per_page
-    from transformers import AutoTokenizer
+    from ocrmem.model.ocrmem import load_tokenizer
 
-    kw = {"revision": s.model.revision, "trust_remote_code": s.model.trust_remote_code}
-    if s.model.base_llm_gguf_file:
-        kw["gguf_file"] = s.model.base_llm_gguf_file
-    tok = AutoTokenizer.from_pretrained(s.model.base_llm_model_name, **kw)
-    render_dataset(s, tokenizer=tok, tokens_per_page=tokens_per_page(s))
+    render_dataset(s, tokenizer=load_tokenizer(s.model), tokens_per_page=tokens_per_page(s))
     return 0
 
 

@@ -63,6 +63,12 @@ def clip_prompt(tokenizer, prompt: str, max_tokens: int) -> str:
     return prompt if len(ids) <= max_tokens else tokenizer.decode(ids[-max_tokens:])
 
 
+def target_ids(tokenizer, target: str, max_target_tokens: int) -> list[int]:
+    """Target tokens as training and evaluation score them: the first max_target_tokens, then EOS."""
+    t = tokenizer(target, add_special_tokens=False).input_ids[:max_target_tokens]
+    return t + [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else t
+
+
 def pick_objective(row: dict, mix: dict[str, float], seed: int, index: int) -> str:
     """Deterministic per (seed, index), so a resumed run sees the same targets as an uninterrupted one."""
     usable = {k: w for k, w in mix.items() if w > 0 and (k != "continue" or row.get("continuation"))}
@@ -129,9 +135,7 @@ class MemoryDataset(Dataset):
             ids, pos = chat_prompt(self.tok, prompt), 0
         labels = [-100] * len(ids)
         if target is not None:
-            t = self.tok(target, add_special_tokens=False).input_ids[: self.max_target]
-            if self.tok.eos_token_id is not None:
-                t = t + [self.tok.eos_token_id]
+            t = target_ids(self.tok, target, self.max_target)
             ids, labels = ids + t, labels + t
         return ids, labels, pos
 

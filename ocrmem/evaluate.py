@@ -45,7 +45,9 @@ from pathlib import Path
 
 import torch
 
-from ocrmem.dataset import PROMPTS, CachedPages, PixelPages, chat_prompt, clip_prompt, memory_prompt
+from ocrmem.dataset import (PROMPTS, CachedPages, PixelPages, chat_prompt, clip_prompt, memory_prompt,
+                            target_ids)
+from ocrmem.render import write_atomic
 from ocrmem.settings import CONDITIONS, Settings
 
 BUCKETS = ((0, 2), (2, 4), (4, 8), (8, 12), (12, 16), (16, math.inf))
@@ -137,12 +139,6 @@ class CondInput:
 
 def history_ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False).input_ids if text else []
-
-
-def target_ids(tokenizer, target: str, max_target_tokens: int) -> list[int]:
-    """Target tokens as training scores them: the first max_target_tokens, then EOS."""
-    t = tokenizer(target, add_special_tokens=False).input_ids[:max_target_tokens]
-    return t + [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else t
 
 
 def build_condition_input(condition: str, row: dict, tokenizer, memory_tokens_per_page: int,
@@ -414,9 +410,9 @@ def evaluate(settings: Settings, adapter_dir: str | Path | None = None, model=No
     out_dir = Path(out_dir)
     (out_dir / "metrics").mkdir(parents=True, exist_ok=True)
     (out_dir / "plots").mkdir(parents=True, exist_ok=True)
-    _write_atomic(out_dir / "metrics/eval.json", json.dumps(metrics, indent=2) + "\n")
-    _write_atomic(out_dir / "metrics/eval_examples.jsonl",
-                  "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples))
+    write_atomic(out_dir / "metrics/eval.json", (json.dumps(metrics, indent=2) + "\n").encode())
+    write_atomic(out_dir / "metrics/eval_examples.jsonl",
+                 "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples).encode("utf-8"))
     _write_csv(out_dir / "plots/eval_conditions.csv", ["condition", "exact_match", "contains", "loss", "perplexity", "n"],
                table)
     _write_csv(out_dir / "plots/accuracy_vs_compression.csv",
@@ -431,12 +427,6 @@ def evaluate(settings: Settings, adapter_dir: str | Path | None = None, model=No
 
 # ---------------------------------------------------------------------------------------------
 # outputs
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:

@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ocrmem.model.encoder import DTYPES, FrozenEncoder
+from ocrmem.render import write_atomic
 from ocrmem.settings import Settings
 
 INDEX = "index.json"
@@ -36,9 +37,7 @@ def cache_fingerprint(encoder: FrozenEncoder, settings: Settings) -> dict:
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(path.suffix + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=1, sort_keys=True).encode())
 
 
 def _device(name: str) -> torch.device:

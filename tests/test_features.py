@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ocrmem.data import read_manifest
-from ocrmem.dataset import CachedPages, MemoryCollator, PixelPages
+from ocrmem.dataset import MemoryCollator, PixelPages
 from ocrmem.features import INDEX, CacheMismatchError, FeatureCache, cache_fingerprint, encode_pages
 from ocrmem.model import OcrMemModel, build_encoder
 from ocrmem.trainer import build_datasets

@@ -176,7 +176,7 @@ def test_tasks_call_library_functions(tiny_repo, monkeypatch):
 
     calls = []
     monkeypatch.setattr("ocrmem.standins.build_standins", lambda root, smollm2=True: calls.append(("standins", str(root), smollm2)) or {})
-    monkeypatch.setattr("transformers.AutoTokenizer.from_pretrained", lambda *a, **k: "tok")
+    monkeypatch.setattr("ocrmem.model.ocrmem.load_tokenizer", lambda ms: "tok")
 
     def fake_render(settings, tokenizer=None, tokens_per_page=None):
         calls.append(("render", tokenizer, tokens_per_page))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -45,23 +45,34 @@ class OcrMemOutput:
         return ["loss", "logits"]
 
 
-def load_llm(ms: ModelSettings):
-    """Frozen causal LM and its tokenizer from a hub id, a local dir or a GGUF file in it."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def _hub_kwargs(ms: ModelSettings) -> dict:
     kw = {"revision": ms.revision, "trust_remote_code": ms.trust_remote_code}
     if ms.base_llm_gguf_file:
         kw["gguf_file"] = ms.base_llm_gguf_file
-    mkw = dict(kw, dtype=DTYPES[ms.dtype])
+    return kw
+
+
+def load_tokenizer(ms: ModelSettings):
+    """The base LLM's tokenizer (pad token = EOS where it has none)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(ms.base_llm_model_name, **_hub_kwargs(ms))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_llm(ms: ModelSettings):
+    """Frozen causal LM and its tokenizer from a hub id, a local dir or a GGUF file in it."""
+    from transformers import AutoModelForCausalLM
+
+    mkw = dict(_hub_kwargs(ms), dtype=DTYPES[ms.dtype])
     if ms.attn_implementation:
         mkw["attn_implementation"] = ms.attn_implementation
     llm = AutoModelForCausalLM.from_pretrained(ms.base_llm_model_name, **mkw)
-    tok = AutoTokenizer.from_pretrained(ms.base_llm_model_name, **kw)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
     llm.requires_grad_(False)
     llm.eval()
-    return llm, tok
+    return llm, load_tokenizer(ms)
 
 
 def _cache_of(out):
