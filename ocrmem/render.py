@@ -17,11 +17,9 @@ Pillow's BASIC layout engine is used (no raqm) so output does not depend on opti
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import re
-import tempfile
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ from pathlib import Path
 
 from PIL import Image, ImageColor, ImageDraw, ImageFont
 
+from ocrmem.io import sha256_bytes, write_atomic
 from ocrmem.settings import RenderSettings
 
 RENDERER_VERSION = "1"  # bump when the layout or drawing changes: it invalidates rendered data
@@ -66,11 +65,6 @@ def _cjk_class() -> str:
 
 # one CJK char | a run of whitespace | a run of anything else (a "word")
 _TOKEN = re.compile(f"([{_cjk_class()}])|(\\s+)|([^\\s{_cjk_class()}]+)")
-
-
-def is_cjk(ch: str) -> bool:
-    o = ord(ch)
-    return any(a <= o <= b for a, b in _CJK_RANGES)
 
 
 def _invisible(ch: str) -> bool:
@@ -376,31 +370,7 @@ def png_bytes(img: Image.Image) -> bytes:
 
 
 def save_png(img: Image.Image, path: str | os.PathLike) -> str:
-    """Write `img` as PNG atomically (tmp file + os.replace); return the sha256 hex of the bytes."""
+    """Write `img` as PNG atomically; return the sha256 hex of the bytes."""
     data = png_bytes(img)
     write_atomic(path, data)
-    return hashlib.sha256(data).hexdigest()
-
-
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_bytes(data)

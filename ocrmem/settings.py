@@ -18,8 +18,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
-ENCODER_KINDS = ("pixels", "pixel_lines", "deepseek_ocr2", "hf_vision")
-PROJECTOR_KINDS = ("linear", "mlp2x_gelu")
+from ocrmem.model.registry import ENCODERS, PROJECTORS
+
+ENCODER_KINDS = tuple(ENCODERS)  # one source: the registry the builders look up
+PROJECTOR_KINDS = tuple(PROJECTORS)
 OBJECTIVES = ("qa", "reconstruct", "continue")
 CONDITIONS = ("no_memory", "truncated_text", "ocr_memory", "full_text")
 
@@ -315,3 +317,18 @@ def check_model_paths(s: Settings) -> None:
                        f"{s.model.base_llm_model_name}")
     if bad:
         raise ConfigError(bad)
+
+
+def validate(settings: Settings, static: bool = True, out: str | os.PathLike | None = None) -> dict:
+    """The validate stage: the config was read without error (load_settings); unless `static`, local
+    model paths must exist too (else ConfigError). On success writes {"valid": true} to `out`: constant
+    content, so a stage depending on it reruns only when validation's verdict changes."""
+    if not static:
+        check_model_paths(settings)
+    if out is not None:
+        from ocrmem.io import write_json
+
+        write_json(out, {"valid": True}, indent=None)
+    m = settings.model
+    return {"valid": True, "encoder": m.encoder, "llm": m.base_llm_model_name, "projector": m.projector,
+            "deepspeed": settings.train.deepspeed}

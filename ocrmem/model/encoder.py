@@ -1,7 +1,10 @@
 """Frozen OCR encoders behind one builder: page images -> [pages, tokens, dim] features.
 
-Every encoder exposes `preprocess(images) -> pixel_values`, `forward(pixel_values) -> features`,
-`out_dim`, `tokens_per_page` and `fingerprint()` (what a feature cache must match).
+Every encoder class has a `kind` (its key in ocrmem/model/registry.py), is built from settings by
+`from_settings(model_settings, render_settings)`, says what a page costs before any weights load
+(`page_tokens(model_settings, render_settings)`), and exposes `preprocess(images) -> pixel_values`,
+`forward(pixel_values) -> features`, `out_dim`, `tokens_per_page` and `fingerprint()` (what a
+feature cache must match).
 `FrozenEncoder` wraps one: it freezes the weights, stays in eval mode and runs without autograd,
 because nothing upstream of the projector needs a graph (BACKGROUND.md). Unfrozen, it runs with
 autograd and the feature cache does not apply.
@@ -11,14 +14,15 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
-from ocrmem.settings import ModelSettings, RenderSettings, Settings, is_local_path
+from ocrmem.model.hub import hub_kwargs, resolve_file
+from ocrmem.model.registry import ENCODERS, lookup
+from ocrmem.settings import ModelSettings, RenderSettings, Settings
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -51,6 +55,14 @@ class PixelEncoder(nn.Module):
         self.patch_size, self.page_size, self.downsample = patch_size, page_size, downsample
         self.out_dim = patch_size * patch_size
         self.tokens_per_page = (page_size // (patch_size * downsample)) ** 2
+
+    @classmethod
+    def from_settings(cls, ms: ModelSettings, rs: RenderSettings) -> "PixelEncoder":
+        return cls(ms.pixel_patch_size, rs.page_size, ms.pixel_downsample)
+
+    @classmethod
+    def page_tokens(cls, ms: ModelSettings, rs: RenderSettings) -> int:
+        return cls.from_settings(ms, rs).tokens_per_page  # no weights: building it is free
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         arr = np.stack([np.asarray(im.convert("L").resize((self.page_size,) * 2)
@@ -96,6 +108,10 @@ class PixelLineEncoder(PixelEncoder):
         self.out_dim = (self.lh // downsample) * (self.width // downsample)
         self.tokens_per_page = self.n
 
+    @classmethod
+    def from_settings(cls, ms: ModelSettings, rs: RenderSettings) -> "PixelLineEncoder":
+        return cls(rs, ms.pixel_downsample)
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         ink = 1.0 - pixel_values.float() / 255.0
         ink = ink[:, :, self.top:, self.top:self.top + self.width]
@@ -110,24 +126,6 @@ class PixelLineEncoder(PixelEncoder):
     def fingerprint(self) -> dict:
         return {"kind": self.kind, "page_size": self.page_size, "line_height": self.lh, "top": self.top,
                 "lines": self.n, "downsample": self.downsample}
-
-
-def _hub_kwargs(ms: ModelSettings) -> dict:
-    return {"revision": ms.revision, "trust_remote_code": ms.trust_remote_code}
-
-
-def _resolve_file(name: str, filename: str, revision: str | None) -> Path | None:
-    """A file of a local dir or a hub repo (downloaded on demand); None when it is not there."""
-    if is_local_path(name) or Path(name).is_dir():
-        p = Path(name).expanduser() / filename
-        return p if p.is_file() else None
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
-
-    try:
-        return Path(hf_hub_download(name, filename, revision=revision))
-    except EntryNotFoundError:
-        return None
 
 
 class DeepseekOcr2Encoder(nn.Module):
@@ -147,7 +145,20 @@ class DeepseekOcr2Encoder(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.out_dim = tower.config.encoder_config.hidden_size
-        self.tokens_per_page = 256 if image_size > 768 else 144
+        self.tokens_per_page = self.queries(image_size)
+
+    @staticmethod
+    def queries(image_size: int) -> int:
+        """DeepSeek-OCR-2's tokens per page: 256 queries for a 1024px global view, 144 for 768px."""
+        return 256 if image_size > 768 else 144
+
+    @classmethod
+    def from_settings(cls, ms: ModelSettings, rs: RenderSettings) -> "DeepseekOcr2Encoder":
+        return cls.from_pretrained(ms.ocr_model_name, ms)
+
+    @classmethod
+    def page_tokens(cls, ms: ModelSettings, rs: RenderSettings) -> int:
+        return cls.queries(rs.page_size)
 
     @classmethod
     def from_config(cls, vision_config, dtype=torch.float32) -> "DeepseekOcr2Encoder":
@@ -161,7 +172,7 @@ class DeepseekOcr2Encoder(nn.Module):
         from transformers import AutoConfig, DeepseekOcr2ForConditionalGeneration
         from transformers.utils import logging as hf_logging
 
-        config = AutoConfig.from_pretrained(name, **_hub_kwargs(ms))
+        config = AutoConfig.from_pretrained(name, **hub_kwargs(ms))
         if getattr(config, "model_type", None) != "deepseek_ocr2":
             raise ValueError(
                 f"model.ocr_model_name={name!r} is a {config.model_type!r} checkpoint, not deepseek_ocr2: "
@@ -178,7 +189,7 @@ class DeepseekOcr2Encoder(nn.Module):
         try:
             full, info = DeepseekOcr2ForConditionalGeneration.from_pretrained(
                 name, config=config, ignore_mismatched_sizes=True, output_loading_info=True,
-                dtype=DTYPES[ms.dtype], **_hub_kwargs(ms),
+                dtype=DTYPES[ms.dtype], **hub_kwargs(ms),
             )
         finally:
             hf_logging.set_verbosity(verbosity)
@@ -188,7 +199,7 @@ class DeepseekOcr2Encoder(nn.Module):
             raise ValueError(f"{name!r}: vision tower weights missing or misshaped ({bad[:5]}): not a DeepSeek-OCR-2 checkpoint?")
         tower = full.model.vision_tower
         del full
-        pre = _resolve_file(name, "preprocessor_config.json", ms.revision)
+        pre = resolve_file(name, "preprocessor_config.json", ms.revision)
         pcfg = json.loads(pre.read_text()) if pre else {}
         size = int(pcfg.get("size", {}).get("height", config.vision_config.sam_config.image_size))
         return cls(tower, size, pcfg.get("image_mean", [0.5] * 3), pcfg.get("image_std", [0.5] * 3),
@@ -212,16 +223,24 @@ class HFVisionEncoder(nn.Module):
     kind = "hf_vision"
 
     @classmethod
-    def from_pretrained(cls, name: str, ms: ModelSettings) -> "HFVisionEncoder":
-        return cls(name, ms)
+    def from_settings(cls, ms: ModelSettings, rs: RenderSettings) -> "HFVisionEncoder":
+        return cls(ms.ocr_model_name, ms)
+
+    @classmethod
+    def page_tokens(cls, ms: ModelSettings, rs: RenderSettings) -> int:
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(ms.ocr_model_name, **hub_kwargs(ms))
+        cfg = getattr(cfg, "vision_config", cfg)
+        return (cfg.image_size // cfg.patch_size) ** 2
 
     def __init__(self, name: str, ms: ModelSettings):
         super().__init__()
         from transformers import AutoImageProcessor, AutoModel
 
-        model = AutoModel.from_pretrained(name, dtype=DTYPES[ms.dtype], **_hub_kwargs(ms))
+        model = AutoModel.from_pretrained(name, dtype=DTYPES[ms.dtype], **hub_kwargs(ms))
         self.model = getattr(model, "vision_model", model)  # CLIPModel/SiglipModel: keep the tower only
-        self.processor = AutoImageProcessor.from_pretrained(name, **_hub_kwargs(ms))
+        self.processor = AutoImageProcessor.from_pretrained(name, **hub_kwargs(ms))
         cfg = getattr(self.model, "config", model.config)
         cfg = getattr(cfg, "vision_config", cfg)
         self.out_dim = cfg.hidden_size
@@ -282,44 +301,14 @@ class FrozenEncoder(nn.Module):
         return self.encoder.fingerprint()
 
 
-ENCODERS = {"pixels": PixelEncoder, "pixel_lines": PixelLineEncoder, "deepseek_ocr2": DeepseekOcr2Encoder,
-            "hf_vision": HFVisionEncoder}
-
-
 def build_encoder(ms: ModelSettings, rs: RenderSettings) -> FrozenEncoder:
     """Map `model.encoder` to a frozen (or, if configured, trainable) encoder."""
-    if ms.encoder not in ENCODERS:
-        raise ValueError(f"model.encoder={ms.encoder!r} is unknown: use one of {', '.join(ENCODERS)}")
-    if ms.encoder == "pixels":
-        enc = PixelEncoder(ms.pixel_patch_size, rs.page_size, ms.pixel_downsample)
-    elif ms.encoder == "pixel_lines":
-        enc = PixelLineEncoder(rs, ms.pixel_downsample)
-    else:
-        enc = ENCODERS[ms.encoder].from_pretrained(ms.ocr_model_name, ms)
-    return FrozenEncoder(enc, frozen=ms.encoder_frozen)
-
-
-def raw_tokens_per_page(s: Settings) -> int:
-    """Encoder tokens per page without loading weights (for render-time compression figures)."""
-    ms = s.model
-    if ms.encoder == "pixels":
-        return (s.render.page_size // (ms.pixel_patch_size * ms.pixel_downsample)) ** 2
-    if ms.encoder == "pixel_lines":
-        from ocrmem.render import lines_per_page
-
-        return lines_per_page(s.render)
-    if ms.encoder == "deepseek_ocr2":
-        return 256 if s.render.page_size > 768 else 144
-    from transformers import AutoConfig
-
-    cfg = AutoConfig.from_pretrained(ms.ocr_model_name, **_hub_kwargs(ms))
-    cfg = getattr(cfg, "vision_config", cfg)
-    return (cfg.image_size // cfg.patch_size) ** 2
+    return FrozenEncoder(lookup(ENCODERS, ms.encoder, "encoder").from_settings(ms, rs), frozen=ms.encoder_frozen)
 
 
 def tokens_per_page(s: Settings) -> int:
-    """LLM memory tokens one page costs: encoder tokens after k x k token pooling."""
-    n = raw_tokens_per_page(s)
+    """LLM memory tokens one page costs, without loading weights: encoder tokens after k x k pooling."""
+    n = lookup(ENCODERS, s.model.encoder, "encoder").page_tokens(s.model, s.render)
     side = math.isqrt(n)
     k = s.model.token_pool
     return n // (k * k) if side * side == n and side % k == 0 else math.ceil(n / (k * k))

@@ -23,7 +23,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ocrmem.io import write_json
 from ocrmem.model.encoder import DTYPES, FrozenEncoder, build_encoder
+from ocrmem.model.hub import hub_kwargs, load_tokenizer
 from ocrmem.model.projector import Projector, build_projector
 from ocrmem.settings import ModelSettings, Settings
 
@@ -45,28 +47,11 @@ class OcrMemOutput:
         return ["loss", "logits"]
 
 
-def _hub_kwargs(ms: ModelSettings) -> dict:
-    kw = {"revision": ms.revision, "trust_remote_code": ms.trust_remote_code}
-    if ms.base_llm_gguf_file:
-        kw["gguf_file"] = ms.base_llm_gguf_file
-    return kw
-
-
-def load_tokenizer(ms: ModelSettings):
-    """The base LLM's tokenizer (pad token = EOS where it has none)."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(ms.base_llm_model_name, **_hub_kwargs(ms))
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
-
-
 def load_llm(ms: ModelSettings):
     """Frozen causal LM and its tokenizer from a hub id, a local dir or a GGUF file in it."""
     from transformers import AutoModelForCausalLM
 
-    mkw = dict(_hub_kwargs(ms), dtype=DTYPES[ms.dtype])
+    mkw = dict(hub_kwargs(ms, llm=True), dtype=DTYPES[ms.dtype])
     if ms.attn_implementation:
         mkw["attn_implementation"] = ms.attn_implementation
     llm = AutoModelForCausalLM.from_pretrained(ms.base_llm_model_name, **mkw)
@@ -140,7 +125,7 @@ class OcrMemModel(nn.Module):
         if set(tensors) != names:
             raise RuntimeError(f"adapter is missing trained tensors {sorted(names - set(tensors))[:5]}")
         save_file(tensors, str(out_dir / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-        (out_dir / ADAPTER_CONFIG).write_text(json.dumps(self.adapter_config(), indent=2))
+        write_json(out_dir / ADAPTER_CONFIG, self.adapter_config())
         return out_dir
 
     def load_trained_state(self, tensors: dict[str, torch.Tensor]) -> None:

@@ -11,6 +11,8 @@ import math
 import torch
 from torch import nn
 
+from ocrmem.model.registry import PROJECTORS, lookup
+
 
 class TokenPool(nn.Module):
     """Average k x k neighbouring tokens of a square token grid: [P, n, d] -> [P, n/k^2, d]."""
@@ -30,27 +32,24 @@ class TokenPool(nn.Module):
         return nn.functional.avg_pool2d(grid, self.k).flatten(2).transpose(1, 2)
 
 
-def _linear(in_dim: int, out_dim: int) -> nn.Module:
+# The projector kinds (registered in ocrmem/model/registry.py): (in_dim, out_dim) -> module.
+def linear(in_dim: int, out_dim: int) -> nn.Module:
     return nn.Linear(in_dim, out_dim)
 
 
-def _mlp2x_gelu(in_dim: int, out_dim: int) -> nn.Module:
+def mlp2x_gelu(in_dim: int, out_dim: int) -> nn.Module:
     return nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
-
-
-PROJECTORS = {"linear": _linear, "mlp2x_gelu": _mlp2x_gelu}
 
 
 class Projector(nn.Module):
     def __init__(self, kind: str, in_dim: int, out_dim: int, token_pool: int = 1, out_scale: float = 1.0):
         super().__init__()
-        if kind not in PROJECTORS:
-            raise ValueError(f"model.projector={kind!r} is unknown: use one of {', '.join(PROJECTORS)}")
+        net = lookup(PROJECTORS, kind, "projector")
         self.in_dim, self.out_dim = in_dim, out_dim  # plain ints: ZeRO-3 empties the weights' shapes
         self.pool = TokenPool(token_pool)
         # LayerNorm puts pixel ink, SAM and SigLIP features on one scale: one learning rate fits all.
         self.norm = nn.LayerNorm(in_dim)
-        self.net = PROJECTORS[kind](in_dim, out_dim)
+        self.net = net(in_dim, out_dim)
         # Start at the LLM's embedding scale so memory tokens are not louder than text tokens.
         self.register_buffer("out_scale", torch.tensor(float(out_scale)), persistent=False)
 

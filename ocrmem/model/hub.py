@@ -1,0 +1,40 @@
+"""Loading from the hub or a local directory: the keyword arguments every `from_pretrained` gets,
+single files of a checkpoint, and the base LLM's tokenizer (light: no model is built here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ocrmem.settings import ModelSettings, is_local_path
+
+
+def hub_kwargs(ms: ModelSettings, llm: bool = False) -> dict:
+    """revision and trust_remote_code for both models; the LLM also gets its GGUF file when set."""
+    kw = {"revision": ms.revision, "trust_remote_code": ms.trust_remote_code}
+    if llm and ms.base_llm_gguf_file:
+        kw["gguf_file"] = ms.base_llm_gguf_file
+    return kw
+
+
+def resolve_file(name: str, filename: str, revision: str | None) -> Path | None:
+    """A file of a local dir or a hub repo (downloaded on demand); None when it is not there."""
+    if is_local_path(name) or Path(name).is_dir():
+        p = Path(name).expanduser() / filename
+        return p if p.is_file() else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(name, filename, revision=revision))
+    except EntryNotFoundError:
+        return None
+
+
+def load_tokenizer(ms: ModelSettings):
+    """The base LLM's tokenizer (pad token = EOS where it has none)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(ms.base_llm_model_name, **hub_kwargs(ms, llm=True))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
