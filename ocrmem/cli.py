@@ -1,8 +1,12 @@
 """The `ocrmem` command: each subcommand loads settings, checks them, and calls one library function.
 
-    ocrmem validate   [--params params.yaml] [--static]
-    ocrmem standins   [--out models] [--no-smollm2]
-    ocrmem render | encode | gradcheck | train | evaluate  [--params params.yaml]
+    ocrmem validate   [--params params.yaml] [--static]       ocrmem.settings.validate
+    ocrmem standins   [--out models] [--no-smollm2]           ocrmem.standins.standins
+    ocrmem render     [--params params.yaml]                  ocrmem.data.render
+    ocrmem encode     [--params params.yaml]                  ocrmem.features.encode
+    ocrmem gradcheck  [--params params.yaml]                  ocrmem.gradcheck.gradcheck
+    ocrmem train      [--params params.yaml] [--no-resume]    ocrmem.trainer.train
+    ocrmem evaluate   [--params params.yaml] [--adapter DIR]  ocrmem.evaluate.evaluate
     ocrmem generate --adapter checkpoints/adapter --history FILE --prompt "..."
 
 A bad config exits with status 2 and one line per bad field, before anything heavy is loaded.
@@ -13,10 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
-from ocrmem.settings import ConfigError, Settings, check_model_paths, load_settings
+from ocrmem.settings import ConfigError, Settings, check_model_paths, load_settings, validate
 
 # Stages that load models also need their local model paths to exist.
 LOADS_MODELS = {"render", "encode", "gradcheck", "train", "evaluate"}
@@ -24,79 +29,54 @@ LOADS_MODELS = {"render", "encode", "gradcheck", "train", "evaluate"}
 
 def _settings(args) -> Settings:
     s = load_settings(args.params)
-    if args.command in LOADS_MODELS or (args.command == "validate" and not args.static):
+    if args.command in LOADS_MODELS:
         check_model_paths(s)
     return s
 
 
+# One line each: the stage's library function does the work and prints its figures.
+
 def cmd_validate(args, s: Settings) -> int:
-    print(f"{args.params}: valid (encoder={s.model.encoder}, llm={s.model.base_llm_model_name}, "
-          f"projector={s.model.projector}, deepspeed={s.train.deepspeed})")
-    if args.write:
-        # Constant content: a stage that depends on this file reruns only when validation's verdict changes.
-        Path(args.write).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.write).write_text(json.dumps({"valid": True}) + "\n")
+    v = validate(s, static=args.static, out=args.write)
+    print(f"{args.params}: valid (encoder={v['encoder']}, llm={v['llm']}, projector={v['projector']}, "
+          f"deepspeed={v['deepspeed']})")
     return 0
 
 
-def cmd_standins(args, s: Settings | None) -> int:
-    from ocrmem.standins import build_standins
+def cmd_standins(args, s: None) -> int:
+    from ocrmem.standins import standins
 
-    for name, path in build_standins(args.out, smollm2=not args.no_smollm2).items():
-        print(f"{name}: {path}")
+    standins(args.out, smollm2=not args.no_smollm2)
     return 0
 
 
 def cmd_render(args, s: Settings) -> int:
-    from ocrmem.data import render_dataset
-    from ocrmem.model.encoder import tokens_per_page
-    from ocrmem.model.ocrmem import load_tokenizer
+    from ocrmem.data import render
 
-    render_dataset(s, tokenizer=load_tokenizer(s.model), tokens_per_page=tokens_per_page(s))
+    render(s)
     return 0
 
 
 def cmd_encode(args, s: Settings) -> int:
-    from ocrmem.features import encode_pages
+    from ocrmem.features import encode
 
-    if not (s.model.encoder_frozen and s.train.use_feature_cache):
-        print("feature cache disabled (encoder unfrozen or train.use_feature_cache false): nothing to encode")
-        Path(s.features_dir).mkdir(parents=True, exist_ok=True)
-        return 0
-    encode_pages(s)
+    encode(s)
     return 0
 
 
 def cmd_gradcheck(args, s: Settings) -> int:
-    from torch.utils.data import DataLoader
+    from ocrmem.gradcheck import gradcheck
 
-    from ocrmem.dataset import MemoryCollator
-    from ocrmem.gradcheck import check_gradient_flow
-    from ocrmem.model import OcrMemModel
-    from ocrmem.trainer import build_datasets
-
-    model = OcrMemModel.build(s)
-    if s.train.gradient_checkpointing:
-        model.enable_gradient_checkpointing(reentrant=False)
-    train_ds, _, key = build_datasets(s, model)
-    batch = next(iter(DataLoader(train_ds, batch_size=s.train.per_device_train_batch_size,
-                                 collate_fn=MemoryCollator(model.tokenizer.pad_token_id, key))))
-    report = check_gradient_flow(model, batch)
-    Path("metrics").mkdir(exist_ok=True)
-    Path("metrics/gradcheck.json").write_text(json.dumps(report.to_dict(), indent=2))
-    for w in report.warnings:
-        print(f"warning: {w}")
-    if report.ok:
-        print(f"gradient flow OK: loss {report.loss:.4f}; gradient reaches {len(report.trainable_grad_norms)} "
-              f"trainable tensors, no frozen tensor -> metrics/gradcheck.json")
-        return 0
-    print("gradient flow BROKEN:\n  - " + "\n  - ".join(report.diagnosis), file=sys.stderr)
-    return 1
+    return 0 if gradcheck(s)["ok"] else 1
 
 
 def cmd_train(args, s: Settings) -> int:
-    from ocrmem.trainer import train
+    from ocrmem.trainer import deepspeed_command, train
 
+    launcher = deepspeed_command(s, args.params, resume=not args.no_resume)
+    if launcher:  # train.deepspeed and GPUs: every local GPU through the DeepSpeed launcher
+        print(f"launching {' '.join(launcher)}")
+        return subprocess.call(launcher)
     train(s, resume=not args.no_resume)
     return 0
 
@@ -105,8 +85,6 @@ def cmd_evaluate(args, s: Settings) -> int:
     from ocrmem.evaluate import evaluate
 
     evaluate(s, adapter_dir=args.adapter)
-    print(f"\nresults: metrics/eval.json (dvc metrics show), plots/ (dvc plots show), per-example answers in "
-          f"metrics/eval_examples.jsonl; adapter: {args.adapter or s.adapter_dir} (ocrmem generate --adapter ...)")
     return 0
 
 

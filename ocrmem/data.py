@@ -1,7 +1,8 @@
-"""Examples (JSONL, plain text, a synthetic memory task) and the render stage.
+"""The render stage: every split's examples drawn to pages, with a manifest and compression figures.
 
-An `Example` is a long `history` (rendered to pages: the memory), a `prompt` (given as text) and
-its `target`. `render_dataset` renders every split to `settings.rendered_dir/<split>/`:
+    ocrmem render [--params params.yaml]      # -> render(settings)
+
+`render_dataset` renders every split to `settings.rendered_dir/<split>/`:
 
     <id>-p<k>.png     the pages of one example (k = 0, 1, ...)
     manifest.jsonl    one JSON line per example (schema: `MANIFEST_FIELDS`), written atomically
@@ -11,6 +12,7 @@ its `target`. `render_dataset` renders every split to `settings.rendered_dir/<sp
     progress.jsonl    the examples rendered so far (a killed run resumes from it); removed at the end
     stats.json        this split's figures
 and `settings.rendered_dir/stats.json` with the figures of every rendered split and their total.
+Examples come from ocrmem/sources.py (files) or ocrmem/tasks.py (the synthetic task).
 """
 
 from __future__ import annotations
@@ -19,19 +21,18 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
-import random
-import re
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 from ocrmem import render as R
+from ocrmem.io import fmt, jsonl, sha256_file, write_json, write_jsonl, write_text
 from ocrmem.settings import ConfigError, RenderSettings, Settings
-
-SPLITS = ("train", "eval")
+from ocrmem.sources import SPLITS, Example, read_jsonl, read_text_corpus, unique_ids
+from ocrmem.tasks import make_synthetic
 
 MANIFEST_FIELDS = (
     "id", "history", "prompt", "target", "continuation", "meta",
@@ -40,215 +41,14 @@ MANIFEST_FIELDS = (
 )  # fmt: skip
 
 
-class DataError(ValueError):
-    """A bad input file or record; the message names the file, the line and what is wrong."""
+def render(settings: Settings, progress: bool = True) -> dict:
+    """The render stage: every split with the base LLM's tokenizer counting text tokens and the
+    encoder's page cost for the compression figures; returns the figures (see render_dataset)."""
+    from ocrmem.model.encoder import tokens_per_page
+    from ocrmem.model.hub import load_tokenizer
 
-
-@dataclass
-class Example:
-    id: str
-    history: str
-    prompt: str
-    target: str
-    continuation: str | None = None
-    meta: dict = field(default_factory=dict)
-
-
-# ---------------------------------------------------------------------------------------------
-# ids
-
-_ID_BAD = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def sanitize_id(s: Any) -> str:
-    """A safe file-name stem: only [A-Za-z0-9._-], never '', '.', '..', never starting with '.'."""
-    out = _ID_BAD.sub("_", str(s)).lstrip("._").rstrip("_")  # no hidden files, no '.', '..'
-    if not out:
-        out = "x" + hashlib.sha256(str(s).encode()).hexdigest()[:8]
-    return out[:120]
-
-
-def unique_ids(examples: list[Example]) -> list[Example]:
-    """Sanitise ids and give duplicates a suffix (-1, -2, ...); the original id goes to meta."""
-    seen: set[str] = set()
-    for ex in examples:
-        base = sanitize_id(ex.id)
-        new, k = base, 0
-        while new in seen:
-            k += 1
-            new = f"{base}-{k}"
-        seen.add(new)
-        if new != ex.id:
-            ex.meta = {**ex.meta, "source_id": ex.id}
-            ex.id = new
-    return examples
-
-
-# ---------------------------------------------------------------------------------------------
-# sources
-
-
-def format_chat(turns: list, where: str) -> str:
-    parts = []
-    for j, t in enumerate(turns):
-        if not isinstance(t, dict) or not isinstance(t.get("role"), str) or not isinstance(t.get("content"), str):
-            raise DataError(f"{where}: history[{j}] must be an object with string 'role' and 'content', got {t!r:.80}")
-        parts.append(f"{t['role']}: {t['content']}")
-    return "\n\n".join(parts)
-
-
-def read_jsonl(path: str | os.PathLike) -> list[Example]:
-    """Examples of a JSONL file: history (string or chat turns), prompt, target, [id, continuation, meta]."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file: fix data.train_files / data.eval_files in params.yaml")
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(rec, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-            hist = rec.get("history")
-            if isinstance(hist, list):
-                hist = format_chat(hist, where)
-            elif not isinstance(hist, str):
-                raise DataError(
-                    f"{where}: 'history' must be a string or a list of chat turns, got "
-                    f"{'nothing' if hist is None else type(hist).__name__}"
-                )
-            for key in ("prompt", "target"):
-                if not isinstance(rec.get(key), str):
-                    got = "nothing" if key not in rec else type(rec[key]).__name__
-                    raise DataError(f"{where}: '{key}' must be a string, got {got}")
-            cont = rec.get("continuation")
-            if cont is not None and not isinstance(cont, str):
-                raise DataError(f"{where}: 'continuation' must be a string or null, got {type(cont).__name__}")
-            meta = rec.get("meta", {})
-            if not isinstance(meta, dict):
-                raise DataError(f"{where}: 'meta' must be an object, got {type(meta).__name__}")
-            rid = rec.get("id", f"{path.stem}-{lineno}")
-            if not isinstance(rid, (str, int)):
-                raise DataError(f"{where}: 'id' must be a string, got {type(rid).__name__}")
-            out.append(Example(str(rid), hist, rec["prompt"], rec["target"], cont, dict(meta)))
-    return out
-
-
-def read_text_corpus(path: str | os.PathLike, history_chars: int, continuation_chars: int) -> list[Example]:
-    """Split a long plain-text file into consecutive (history, continuation) windows."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file: fix data.train_files / data.eval_files in params.yaml")
-    text = path.read_text(encoding="utf-8", errors="replace")
-    step = history_chars + continuation_chars
-    out = []
-    for i, s in enumerate(range(0, len(text) - step + 1, step)):
-        hist, cont = text[s : s + history_chars], text[s + history_chars : s + step]
-        out.append(
-            Example(f"{path.stem}-{i}", hist, "Continue the text.", cont, cont, {"source": str(path), "offset": s})
-        )
-    if not out and text.strip():  # shorter than one window: one example, 90/10
-        cut = max(1, len(text) * 9 // 10)
-        out.append(Example(f"{path.stem}-0", text[:cut], "Continue the text.", text[cut:], text[cut:],
-                           {"source": str(path), "offset": 0}))  # fmt: skip
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# synthetic memory task
-
-KEYS = (
-    "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel",
-    "india", "juliet", "kilo", "lima", "mike", "november", "oscar", "papa",
-)  # fmt: skip
-VOCAB_16 = (
-    "red", "blue", "green", "black", "white", "pink", "gold", "gray",
-    "cat", "dog", "fox", "owl", "bee", "cow", "pig", "ant",
-)  # fmt: skip
-VOCAB_32 = VOCAB_16 + (
-    "brown", "silver", "orange", "purple", "yellow", "violet", "tan", "navy",
-    "bear", "wolf", "duck", "goat", "frog", "lion", "fish", "horse",
-)  # fmt: skip
-_FILLER_WORDS = (
-    "the", "a", "river", "city", "morning", "quietly", "walked", "across", "old", "bridge", "while",
-    "market", "opened", "early", "light", "rain", "fell", "over", "hills", "people", "talked", "about",
-    "weather", "train", "arrived", "late", "someone", "carried", "letters", "garden", "window", "evening",
-)  # fmt: skip
-
-DIFFICULTIES = {
-    # rows, vocabulary, blank line between rows, which rows are asked about
-    "easy": (8, VOCAB_16, True, "first"),
-    "medium": (8, VOCAB_16, True, "any"),
-    "hard": (16, VOCAB_32, False, "any"),
-    "prose": (8, VOCAB_32, None, "any"),
-}
-
-
-def _filler_sentence(rng: random.Random) -> str:
-    words = [rng.choice(_FILLER_WORDS) for _ in range(rng.randint(6, 12))]
-    return " ".join(words).capitalize() + "."
-
-
-def make_synthetic(n: int, difficulty: str = "easy", seed: int = 0, split: str = "train") -> list[Example]:
-    """`n` memory examples: facts in the history, a question about one of them, its one-word answer.
-
-    easy:   a key-value sheet, 8 fixed keys in fixed order, one row per line with a blank line in
-            between (row i always lands at the same place on the page), values from 16 words; the
-            question is always about the first (oldest) row: recall of a word at a fixed place.
-            A frozen SmolLM2 with a linear projector over pixel_lines tokens learns it on the CPU
-            in ~75 steps (measured: 100% held-out at step 75, lr 3e-3, batch 8); the truncated-text
-            baseline, which keeps the most recent tokens, loses that row.
-    medium: the same sheet, the question about any row: the LLM must also route to the right
-            memory token (measured: 2 rows ~30% at 125 steps, 8 rows at chance after 150: a GPU
-            run, or more steps).
-    hard:   16 rows, one per line, 32 words, any row.
-    prose:  8 facts ("The code word for bravo is owl.") at random places in random filler prose:
-            needs a real OCR encoder (deepseek_ocr2) and 1024px pages.
-    Chance without memory: 1/16 (easy, medium), 1/32 (hard, prose). train and eval use disjoint
-    seeded streams (seed*2 and seed*2+1); the same arguments always give the same examples.
-    """
-    if difficulty not in DIFFICULTIES:
-        raise ValueError(f"data.synthetic.difficulty = {difficulty!r}: use one of {', '.join(DIFFICULTIES)}")
-    if split not in SPLITS:
-        raise ValueError(f"split {split!r}: use one of {', '.join(SPLITS)}")
-    rng = random.Random(seed * 2 + SPLITS.index(split))
-    n_rows, vocab, spaced, asked = DIFFICULTIES[difficulty]
-    keys = KEYS[:n_rows]
-    out = []
-    for i in range(n):
-        values = [rng.choice(vocab) for _ in keys]
-        q = 0 if asked == "first" else rng.randrange(n_rows)
-        if difficulty == "prose":
-            facts = [f"The code word for {k} is {v}." for k, v in zip(keys, values)]
-            order = list(range(n_rows))
-            rng.shuffle(order)
-            sentences = [_filler_sentence(rng) for _ in range(2 * n_rows)]
-            for j in order:  # each fact at a random place in the prose
-                sentences.insert(rng.randrange(len(sentences) + 1), facts[j])
-            history = " ".join(sentences)
-            prompt = f"What is the code word for {keys[q]}? Answer with one word."
-            continuation = None
-        else:
-            rows = [f"{k}: {v}" for k, v in zip(keys, values)]
-            history = ("\n\n" if spaced else "\n").join(rows)
-            prompt = f"What is the value of {keys[q]}? Answer with one word."
-            continuation = None  # the sheet is complete: nothing follows it
-        out.append(
-            Example(
-                id=f"syn-{difficulty}-{split}-{i:06d}",
-                history=history,
-                prompt=prompt,
-                target=values[q],
-                continuation=continuation,
-                meta={"key": keys[q], "difficulty": difficulty, "row": q, "vocab_size": len(vocab)},
-            )
-        )
-    return out
+    return render_dataset(settings, tokenizer=load_tokenizer(settings.model), tokens_per_page=tokens_per_page(settings),
+                          progress=progress)
 
 
 def load_examples(settings: Settings, split: str) -> list[Example]:
@@ -274,9 +74,6 @@ def load_examples(settings: Settings, split: str) -> list[Example]:
                 exs += read_text_corpus(fpath, d.text_history_chars, d.text_continuation_chars)
     return unique_ids(exs)
 
-
-# ---------------------------------------------------------------------------------------------
-# the render stage
 
 
 def _render_key(rs: RenderSettings) -> dict:
@@ -361,7 +158,7 @@ def _read_progress(path: Path, fp: str, out_dir: Path) -> dict[str, dict]:
             r = json.loads(line)
         except json.JSONDecodeError:
             break  # a torn last line
-        if all((out_dir / f).is_file() and R.sha256_file(out_dir / f) == s for f, s in zip(r["files"], r["sha256"])):
+        if all((out_dir / f).is_file() and sha256_file(out_dir / f) == s for f, s in zip(r["files"], r["sha256"])):
             done[r["id"]] = r
     return done
 
@@ -424,90 +221,101 @@ def _total_stats(per_split: dict[str, dict]) -> dict:
     return tot
 
 
-def _write_json(path: Path, obj) -> None:
-    R.write_atomic(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode())
-
-
-def render_split(
-    settings: Settings,
-    split: str,
-    examples: list[Example] | None = None,
-    tokenizer=None,
-    tokens_per_page: int | None = None,
-    progress: bool = True,
-) -> dict:
-    """Render one split; returns its stats plus 'rendered' (examples drawn now) and 'up_to_date'."""
-    rs = settings.render
-    examples = unique_ids(list(examples if examples is not None else load_examples(settings, split)))
+def _up_to_date(settings: Settings, split: str, fp: str) -> dict | None:
+    """The split's stats when it is completely rendered with fingerprint `fp`, else None."""
     out = settings.rendered_dir / split
-    manifest, fp_file, prog_file = out / "manifest.jsonl", out / "fingerprint", out / "progress.jsonl"
-    fp = fingerprint(rs, examples, tokenizer, tokens_per_page)
+    manifest, fp_file = out / "manifest.jsonl", out / "fingerprint"
+    if not (manifest.is_file() and fp_file.is_file() and fp_file.read_text().strip() == fp):
+        return None
+    rows = read_manifest(settings, split)
+    if not all(page_path(settings, p).is_file() for row in rows for p in row["pages"]):
+        return None
+    stats_file = out / "stats.json"
+    return json.loads(stats_file.read_text()) if stats_file.is_file() else _split_stats(rows)
 
-    if (
-        manifest.is_file()
-        and fp_file.is_file()
-        and fp_file.read_text().strip() == fp
-        and all(page_path(settings, p).is_file() for row in read_manifest(settings, split) for p in row["pages"])
-    ):
-        stats = json.loads((out / "stats.json").read_text()) if (out / "stats.json").is_file() else None
-        if stats is None:
-            stats = _split_stats(read_manifest(settings, split))
-        return {**stats, "rendered": 0, "up_to_date": True, "fingerprint": fp}
 
-    # Invalidate first: from here until the manifest is written again, the split is incomplete.
+def _draw(examples: list[Example], rs: RenderSettings, out: Path, fp: str, desc: str, progress: bool):
+    """Draw the examples not yet drawn by a killed run with the same fingerprint; returns
+    (results by id, examples drawn now). The manifest is removed first: until it is written
+    again the split is incomplete."""
     out.mkdir(parents=True, exist_ok=True)
-    for p in (fp_file, manifest):
+    for p in (out / "fingerprint", out / "manifest.jsonl"):
         p.unlink(missing_ok=True)
+    prog_file = out / "progress.jsonl"
     done = _read_progress(prog_file, fp, out)
     if not done:
-        R.write_atomic(prog_file, (json.dumps({"fingerprint": fp}) + "\n").encode())
+        write_text(prog_file, jsonl([{"fingerprint": fp}]))
     jobs = [(ex.id, ex.history) for ex in examples if ex.id not in done]
     with open(prog_file, "a", encoding="utf-8") as plog:
-        for r in _run_jobs(jobs, rs, out, f"render {split}", progress):
+        for r in _run_jobs(jobs, rs, out, desc, progress):
             done[r["id"]] = r
-            plog.write(json.dumps(r, ensure_ascii=False) + "\n")
+            plog.write(jsonl([r]))
             plog.flush()
+    return done, len(jobs)
 
-    # tokens (parent side)
-    text_tok = kept_tok = [None] * len(examples)
-    if tokenizer is not None:
-        text_tok = _count_tokens(tokenizer, [ex.history for ex in examples])
-        kept_tok = list(text_tok)
-        cut_idx = [i for i, ex in enumerate(examples) if done[ex.id]["cut_chars"] > 0]
-        if cut_idx:
-            kt = _count_tokens(tokenizer, [examples[i].history[done[examples[i].id]["cut_chars"] :] for i in cut_idx])
-            for i, k in zip(cut_idx, kt):
-                kept_tok[i] = k
 
-    rows = []
-    for ex, tt, kt in zip(examples, text_tok, kept_tok):
-        r = done[ex.id]
-        vis = len(r["files"]) * tokens_per_page if tokens_per_page else None
-        rows.append({
-            "id": ex.id, "history": ex.history, "prompt": ex.prompt, "target": ex.target,
-            "continuation": ex.continuation, "meta": ex.meta,
-            "pages": [f"{split}/{f}" for f in r["files"]], "sha256": r["sha256"],
-            "history_chars": len(ex.history), "kept_chars": r["kept_chars"], "cut_chars": r["cut_chars"],
-            "missing_glyphs": r["missing_glyphs"],
-            "text_tokens": tt, "kept_text_tokens": kt, "vision_tokens": vis,
-            "compression": (kt / vis) if kt is not None and vis else None,
-        })  # fmt: skip
+def _token_counts(tokenizer, examples: list[Example], done: dict) -> tuple[list, list]:
+    """(history tokens, tokens of the kept part) per example; None without a tokenizer."""
+    if tokenizer is None:
+        return [None] * len(examples), [None] * len(examples)
+    text_tok = _count_tokens(tokenizer, [ex.history for ex in examples])
+    kept_tok = list(text_tok)
+    cut_idx = [i for i, ex in enumerate(examples) if done[ex.id]["cut_chars"] > 0]
+    if cut_idx:
+        kt = _count_tokens(tokenizer, [examples[i].history[done[examples[i].id]["cut_chars"]:] for i in cut_idx])
+        for i, k in zip(cut_idx, kt):
+            kept_tok[i] = k
+    return text_tok, kept_tok
 
-    # pages of an earlier, different render that this one does not use
+
+def _manifest_row(ex: Example, r: dict, split: str, tt: int | None, kt: int | None, tokens_per_page) -> dict:
+    vis = len(r["files"]) * tokens_per_page if tokens_per_page else None
+    return {
+        "id": ex.id, "history": ex.history, "prompt": ex.prompt, "target": ex.target,
+        "continuation": ex.continuation, "meta": ex.meta,
+        "pages": [f"{split}/{f}" for f in r["files"]], "sha256": r["sha256"],
+        "history_chars": len(ex.history), "kept_chars": r["kept_chars"], "cut_chars": r["cut_chars"],
+        "missing_glyphs": r["missing_glyphs"],
+        "text_tokens": tt, "kept_text_tokens": kt, "vision_tokens": vis,
+        "compression": (kt / vis) if kt is not None and vis else None,
+    }  # fmt: skip
+
+
+def _remove_stale(out: Path, rows: list[dict]) -> None:
+    """Pages of an earlier, different render that this one does not use; torn atomic writes."""
     keep = {f for r in rows for f in (p.split("/", 1)[1] for p in r["pages"])}
     for p in out.glob("*.png"):
         if p.name not in keep:
             p.unlink()
-    for p in out.glob(".*.tmp"):  # torn atomic writes of a killed run
+    for p in out.glob(".*.tmp"):
         p.unlink()
 
+
+def _finish(out: Path, rows: list[dict], fp: str) -> dict:
     stats = _split_stats(rows)
-    _write_json(out / "stats.json", stats)
-    body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    R.write_atomic(manifest, body.encode("utf-8"))  # completion marker
-    R.write_atomic(fp_file, (fp + "\n").encode())
-    prog_file.unlink(missing_ok=True)
-    return {**stats, "rendered": len(jobs), "up_to_date": False, "fingerprint": fp}
+    write_json(out / "stats.json", stats)
+    write_jsonl(out / "manifest.jsonl", rows)  # completion marker
+    write_text(out / "fingerprint", fp + "\n")
+    (out / "progress.jsonl").unlink(missing_ok=True)
+    return stats
+
+
+def render_split(settings: Settings, split: str, examples: list[Example] | None = None, tokenizer=None,
+                 tokens_per_page: int | None = None, progress: bool = True) -> dict:
+    """Render one split; returns its stats plus 'rendered' (examples drawn now) and 'up_to_date'."""
+    examples = unique_ids(list(examples if examples is not None else load_examples(settings, split)))
+    fp = fingerprint(settings.render, examples, tokenizer, tokens_per_page)
+    stats = _up_to_date(settings, split, fp)
+    if stats is not None:
+        return {**stats, "rendered": 0, "up_to_date": True, "fingerprint": fp}
+    out = settings.rendered_dir / split
+    done, n_drawn = _draw(examples, settings.render, out, fp, f"render {split}", progress)
+    text_tok, kept_tok = _token_counts(tokenizer, examples, done)
+    rows = [_manifest_row(ex, done[ex.id], split, tt, kt, tokens_per_page)
+            for ex, tt, kt in zip(examples, text_tok, kept_tok)]
+    _remove_stale(out, rows)
+    stats = _finish(out, rows, fp)
+    return {**stats, "rendered": n_drawn, "up_to_date": False, "fingerprint": fp}
 
 
 def render_dataset(
@@ -538,25 +346,21 @@ def render_dataset(
     for s, r in results.items():
         per_split[s] = {k: v for k, v in r.items() if k not in ("rendered", "up_to_date", "fingerprint")}
     total = _total_stats(per_split)
-    _write_json(settings.rendered_dir / "stats.json", {"splits": per_split, "total": total})
+    write_json(settings.rendered_dir / "stats.json", {"splits": per_split, "total": total})
 
     did_work = any(not r["up_to_date"] for r in results.values())
-    dt = time.perf_counter() - t0
-    print(_summary(results, total, settings.rendered_dir, dt))
+    print(render_report(results, total, settings.rendered_dir, time.perf_counter() - t0))
     return {"splits": results, "total": total, "did_work": did_work}
 
 
-def _fmt(x, nd=2):
-    return "n/a" if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
-
-
-def _summary(results: dict, total: dict, root: Path, dt: float) -> str:
+def render_report(results: dict, total: dict, root: Path, dt: float) -> str:
+    """The lines `ocrmem render` prints: per split what was done, truncation and missing glyphs."""
     lines = [f"render -> {root}  ({dt:.1f}s)"]
     for s, r in results.items():
         state = "up to date, nothing to do" if r["up_to_date"] else f"rendered {r['rendered']} examples"
         lines.append(
             f"  {s}: {r['examples']} examples, {r['pages']} pages, {r['history_chars']} chars, "
-            f"{r['examples_truncated']} truncated; compression {_fmt(r['compression_overall'])} "
+            f"{r['examples_truncated']} truncated; compression {fmt(r['compression_overall'], 2, 'n/a')} "
             f"text tokens/vision token; {state}"
         )
         if r["examples_truncated"]:
@@ -569,7 +373,7 @@ def _summary(results: dict, total: dict, root: Path, dt: float) -> str:
             lines.append(f"  {s}: WARNING {r['missing_glyphs_total']} characters the font cannot draw: {top!r}")
     lines.append(
         f"  total: {total['examples']} examples, {total['pages']} pages, "
-        f"compression {_fmt(total['compression_overall'])}"
+        f"compression {fmt(total['compression_overall'], 2, 'n/a')}"
     )
     return "\n".join(lines)
 

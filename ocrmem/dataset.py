@@ -4,6 +4,9 @@ Each manifest row becomes: the prompt (chat template where the LLM has one) and 
 by the objective mix, loss on the target only; pages as pixel values (encoder run each step) or
 as cached features (`features.FeatureCache`, the default when the encoder is frozen).
 
+`build_datasets` / `training_inputs` assemble model, datasets and collator for `ocrmem gradcheck`
+and `ocrmem train`; `pad_text` is the right-padding that evaluation and inference use too.
+
 Objectives: `qa` answers the record's prompt; `reconstruct` repeats the memory text (dense
 supervision, the alignment stage OCR models train first); `continue` writes what follows.
 """
@@ -11,13 +14,14 @@ supervision, the alignment stage OCR models train first); `continue` writes what
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
-from ocrmem.settings import OBJECTIVES
+from ocrmem.settings import OBJECTIVES, Settings
 
 PROMPTS = {"reconstruct": "Repeat the text of the memory pages exactly.", "continue": "Continue the text."}
 
@@ -149,6 +153,23 @@ class MemoryDataset(Dataset):
                 "objective": OBJECTIVES.index(objective)}
 
 
+def pad_right(seqs: list[list[int]], value: int) -> torch.Tensor:
+    """[len(seqs), longest] long tensor, each sequence from the left, `value` after it."""
+    out = torch.full((len(seqs), max(len(s) for s in seqs)), value, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+    return out
+
+
+def pad_text(ids: list[list[int]], pad_id: int, labels: list[list[int]] | None = None) -> dict:
+    """The right-padded text batch training, evaluation and inference share: input_ids and
+    attention_mask (+ labels, -100 on padding, when given)."""
+    batch = {"input_ids": pad_right(ids, pad_id), "attention_mask": pad_right([[1] * len(x) for x in ids], 0)}
+    if labels is not None:
+        batch["labels"] = pad_right(labels, -100)
+    return batch
+
+
 class MemoryCollator:
     """Right-pads text; concatenates pages of all samples; page_counts say who owns which."""
 
@@ -156,20 +177,61 @@ class MemoryCollator:
         self.pad, self.key = pad_token_id, pages_key
 
     def __call__(self, items: list[dict]) -> dict:
-        n = max(len(x["input_ids"]) for x in items)
-        ids = torch.full((len(items), n), self.pad, dtype=torch.long)
-        labels = torch.full((len(items), n), -100, dtype=torch.long)
-        mask = torch.zeros((len(items), n), dtype=torch.long)
-        for i, x in enumerate(items):
-            k = len(x["input_ids"])
-            ids[i, :k] = torch.tensor(x["input_ids"])
-            labels[i, :k] = torch.tensor(x["labels"])
-            mask[i, :k] = 1
         pages = [x["pages"] for x in items if x["pages"] is not None and len(x["pages"])]
         counts = torch.tensor([0 if x["pages"] is None else len(x["pages"]) for x in items], dtype=torch.long)
-        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels, "page_counts": counts,
+        batch = {**pad_text([x["input_ids"] for x in items], self.pad, [x["labels"] for x in items]),
+                 "page_counts": counts,
                  "memory_pos": torch.tensor([x.get("memory_pos", 0) for x in items], dtype=torch.long),
                  "objective_ids": torch.tensor([x["objective"] for x in items], dtype=torch.long)}
         if pages:
             batch[self.key] = torch.cat(pages)
         return batch
+
+
+# ---------------------------------------------------------------------------------------------
+# what training and the gradient check read: one builder for both
+
+
+def build_datasets(settings: Settings, model, cached: bool | None = None):
+    """(train, eval, pages_key) datasets over the rendered manifest, reading cached features if allowed."""
+    from ocrmem.data import read_manifest
+    from ocrmem.features import FeatureCache, cache_fingerprint
+
+    if cached is None:
+        cached = settings.train.use_feature_cache and model.encoder.frozen
+    if cached:
+        pages = CachedPages(FeatureCache(settings.features_dir, cache_fingerprint(model.encoder, settings)))
+    else:
+        pages = PixelPages(settings.rendered_dir, model.encoder)
+    d = settings.data
+    kw = dict(tokenizer=model.tokenizer, pages=pages, objectives=settings.train.objectives, seed=settings.train.seed,
+              max_prompt_tokens=d.max_prompt_tokens, max_target_tokens=d.max_target_tokens)
+    train = MemoryDataset(read_manifest(settings, "train"), **kw)
+    evald = MemoryDataset(read_manifest(settings, "eval"), **{**kw, "objectives": {"qa": 1.0}})
+    return train, evald, pages.key
+
+
+@dataclass
+class TrainingInputs:
+    model: object  # OcrMemModel
+    train: MemoryDataset
+    eval: MemoryDataset
+    collator: MemoryCollator
+
+
+def training_inputs(settings: Settings, model=None) -> TrainingInputs:
+    """The model as training runs it (built from settings unless given; gradient checkpointing as
+    configured), its datasets and collator: what `ocrmem gradcheck` and `ocrmem train` both use."""
+    from ocrmem.model.ocrmem import OcrMemModel
+
+    model = model or OcrMemModel.build(settings)
+    if settings.train.gradient_checkpointing:
+        model.enable_gradient_checkpointing(reentrant=False)
+    train, evald, key = build_datasets(settings, model)
+    return TrainingInputs(model, train, evald, MemoryCollator(model.tokenizer.pad_token_id, key))
+
+
+def first_batch(dataset: Dataset, collator, batch_size: int, device=None) -> dict:
+    """The first training batch (unshuffled), on `device` when given."""
+    batch = next(iter(DataLoader(dataset, batch_size=batch_size, collate_fn=collator)))
+    return batch if device is None else {k: v.to(device) for k, v in batch.items()}

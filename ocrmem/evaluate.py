@@ -1,6 +1,6 @@
 """Evaluation: the same held-out examples under four conditions, side by side.
 
-    ocrmem evaluate [--params params.yaml] [--adapter DIR]
+    ocrmem evaluate [--params params.yaml] [--adapter DIR]      # evaluate(settings)
 
 Conditions (`eval.conditions`, a subset of `settings.CONDITIONS`):
 
@@ -33,11 +33,7 @@ Outputs (relative to `out_dir`, the repo root by default):
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-import os
-import string
 import sys
 import time
 from dataclasses import dataclass, field
@@ -45,79 +41,13 @@ from pathlib import Path
 
 import torch
 
-from ocrmem.dataset import (PROMPTS, CachedPages, PixelPages, chat_prompt, clip_prompt, memory_prompt,
+from ocrmem.dataset import (PROMPTS, CachedPages, PixelPages, chat_prompt, clip_prompt, memory_prompt, pad_text,
                             target_ids)
-from ocrmem.render import write_atomic
+from ocrmem.io import write_csv, write_json, write_jsonl
+from ocrmem.report import eval_report, log_run, plot
+from ocrmem.scoring import bucket_of, bucket_order, char_precision, contains, exact_match, mean, rounded
 from ocrmem.settings import CONDITIONS, Settings
-
-BUCKETS = ((0, 2), (2, 4), (4, 8), (8, 12), (12, 16), (16, math.inf))
-
-
-# ---------------------------------------------------------------------------------------------
-# scoring
-
-
-_PUNCT = str.maketrans({c: " " for c in string.punctuation})
-
-
-def normalize(s: str) -> str:
-    """strip, lowercase, punctuation -> space, collapse whitespace."""
-    return " ".join(s.strip().lower().translate(_PUNCT).split())
-
-
-def exact_match(prediction: str, target: str) -> bool:
-    """One-word targets: the first word of the prediction; otherwise the whole normalised string."""
-    t, p = normalize(target), normalize(prediction)
-    if len(t.split()) == 1:
-        return (p.split() or [""])[0] == t
-    return p == t
-
-
-def contains(prediction: str, target: str) -> bool:
-    """Lenient: the normalised target appears as whole words in the normalised prediction
-    ("The value of delta is black." contains "black"). Reported beside exact_match."""
-    t, p = normalize(target), normalize(prediction)
-    return bool(t) and f" {t} " in f" {p} "
-
-
-def levenshtein(a: str, b: str) -> int:
-    """Edit distance (insert, delete, substitute: cost 1), O(len(a) * len(b)) time, O(len(b)) memory."""
-    if len(a) < len(b):
-        a, b = b, a
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
-
-
-def char_precision(prediction: str, source: str) -> float:
-    """1 - levenshtein(prediction, source) / len(source), clamped to [0, 1]."""
-    if not source:
-        return 1.0 if not prediction else 0.0
-    return max(0.0, 1.0 - levenshtein(prediction, source) / len(source))
-
-
-def _bucket_name(lo: float, hi: float) -> str:
-    return f"<{hi:g}" if lo == 0 else (f">={lo:g}" if hi == math.inf else f"{lo:g}-{hi:g}")
-
-
-BUCKET_NAMES = [_bucket_name(lo, hi) for lo, hi in BUCKETS]
-
-
-def bucket_of(compression: float) -> str:
-    """The Fox-table bucket of a compression ratio: <2, 2-4, 4-8, 8-12, 12-16, >=16."""
-    for (lo, hi), name in zip(BUCKETS, BUCKET_NAMES):
-        if compression < hi:
-            return name
-    return BUCKET_NAMES[-1]
-
-
-def bucket_order(name: str) -> int:
-    return BUCKET_NAMES.index(name)
-
+from ocrmem.tracking import DummyRun, check_key, start_run
 
 # ---------------------------------------------------------------------------------------------
 # inputs of each condition
@@ -172,22 +102,11 @@ def build_condition_input(condition: str, row: dict, tokenizer, memory_tokens_pe
 
 def collate(items: list[CondInput], pad_id: int, with_target: bool) -> dict:
     """Right-padded text batch (+ labels when with_target) and page_counts."""
-    seqs = [it.prompt_ids + (it.target_ids if with_target else []) for it in items]
-    n = max(len(s) for s in seqs)
-    ids = torch.full((len(items), n), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(items), n), dtype=torch.long)
-    labels = torch.full((len(items), n), -100, dtype=torch.long)
-    for i, (it, s) in enumerate(zip(items, seqs)):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = 1
-        if with_target:
-            labels[i, len(it.prompt_ids): len(s)] = torch.tensor(it.target_ids, dtype=torch.long)
-    batch = {"input_ids": ids, "attention_mask": mask,
-             "page_counts": torch.tensor([it.n_pages for it in items], dtype=torch.long),
-             "memory_pos": torch.tensor([it.memory_pos for it in items], dtype=torch.long)}
-    if with_target:
-        batch["labels"] = labels
-    return batch
+    ids = [it.prompt_ids + (it.target_ids if with_target else []) for it in items]
+    labels = [[-100] * len(it.prompt_ids) + it.target_ids for it in items] if with_target else None
+    return {**pad_text(ids, pad_id, labels),
+            "page_counts": torch.tensor([it.n_pages for it in items], dtype=torch.long),
+            "memory_pos": torch.tensor([it.memory_pos for it in items], dtype=torch.long)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,7 +136,7 @@ def _memory_batch(items: list[CondInput], rows: list[dict], pages) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# the evaluation
+# running the conditions
 
 
 def _to(batch: dict, device) -> dict:
@@ -249,73 +168,80 @@ def _run_condition(model, condition: str, items: list[CondInput], rows: list[dic
     return losses, preds
 
 
-def _mean(xs):
-    xs = [x for x in xs if x is not None]
-    return sum(xs) / len(xs) if xs else None
+# ---------------------------------------------------------------------------------------------
+# the evaluate stage, step by step
 
 
-def _round(x, nd=5):
-    return None if x is None else round(float(x), nd)
+@dataclass
+class ExampleFigures:
+    """Token figures of each eval example (index = manifest row)."""
+
+    hist: list[list[int]]  # history token ids
+    kept_tok: list[int]  # tokens of the history on the pages
+    mem_tok: list[int]  # memory tokens the pages cost
+    compression: list[float | None] = field(default_factory=list)  # kept_tok / mem_tok
+    history_compression: list[float | None] = field(default_factory=list)  # whole history / mem_tok
 
 
-def evaluate(settings: Settings, adapter_dir: str | Path | None = None, model=None,
-             out_dir: str | Path = ".", progress: bool = True) -> dict:
-    """Evaluate every condition of settings.eval on the eval split; write metrics and plots; return metrics."""
-    from tqdm.auto import tqdm
-
-    from ocrmem.data import read_manifest
+def _load_model(settings: Settings, adapter_dir: str | Path | None):
     from ocrmem.model.ocrmem import OcrMemModel
 
-    t_start = time.perf_counter()
-    ev = settings.eval
-    if model is None:
-        adapter_dir = Path(adapter_dir) if adapter_dir is not None else settings.adapter_dir
-        if not (adapter_dir / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"no adapter at {adapter_dir}: run `ocrmem train` first or pass --adapter DIR")
-        model = OcrMemModel.from_pretrained(adapter_dir)
-        if model.settings.render.model_dump(exclude={"workers"}) != settings.render.model_dump(exclude={"workers"}):
-            print(f"evaluate: WARNING the adapter {adapter_dir} was trained on other render settings than "
-                  f"params.yaml's render section; the eval pages are rendered with params.yaml's", file=sys.stderr)
-    model.eval()
-    tok = model.tokenizer
-    mtpp = model.memory_tokens_per_page
+    adapter_dir = Path(adapter_dir) if adapter_dir is not None else settings.adapter_dir
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"no adapter at {adapter_dir}: run `ocrmem train` first or pass --adapter DIR")
+    model = OcrMemModel.from_pretrained(adapter_dir)
+    if model.settings.render.model_dump(exclude={"workers"}) != settings.render.model_dump(exclude={"workers"}):
+        print(f"evaluate: WARNING the adapter {adapter_dir} was trained on other render settings than "
+              f"params.yaml's render section; the eval pages are rendered with params.yaml's", file=sys.stderr)
+    return model
+
+
+def _eval_rows(settings: Settings) -> list[dict]:
+    from ocrmem.data import read_manifest
+
     rows = read_manifest(settings, "eval")
-    if ev.max_examples is not None:
-        rows = rows[: ev.max_examples]
+    if settings.eval.max_examples is not None:
+        rows = rows[: settings.eval.max_examples]
     if not rows:
         raise ValueError("the eval split has no examples: nothing to evaluate")
-    conditions = [c for c in CONDITIONS if c in ev.conditions]  # canonical order
-    pages, source = (memory_pages(settings, model, rows) if "ocr_memory" in conditions or ev.reconstruction_probe
-                     else (None, None))
+    return rows
 
-    # per example figures
+
+def _figures(tok, rows: list[dict], mtpp: int) -> ExampleFigures:
     hist = [history_ids(tok, r["history"]) for r in rows]
-    kept_tok = [len(history_ids(tok, r["history"][r.get("cut_chars", 0):])) for r in rows]
-    mem_tok = [len(r["pages"]) * mtpp for r in rows]
-    compression = [k / m if m else None for k, m in zip(kept_tok, mem_tok)]
-    history_compression = [len(h) / m if m else None for h, m in zip(hist, mem_tok)]
+    kept = [len(history_ids(tok, r["history"][r.get("cut_chars", 0):])) for r in rows]
+    mem = [len(r["pages"]) * mtpp for r in rows]
+    return ExampleFigures(hist, kept, mem, [k / m if m else None for k, m in zip(kept, mem)],
+                          [len(h) / m if m else None for h, m in zip(hist, mem)])
 
-    d = settings.data
+
+def _inputs(settings: Settings, tok, mtpp: int, rows: list[dict], hist, conditions: list[str]):
+    """Per condition the inputs of every row, and those of the reconstruction probe (or None)."""
+    d, ev = settings.data, settings.eval
     kw = dict(max_prompt_tokens=d.max_prompt_tokens, max_target_tokens=d.max_target_tokens,
               full_text_max_tokens=ev.full_text_max_tokens)
     inputs = {c: [build_condition_input(c, r, tok, mtpp, h, **kw) for r, h in zip(rows, hist)] for c in conditions}
-    recon_inputs = None
-    if ev.reconstruction_probe:
-        sources = [r["history"][r.get("cut_chars", 0):] for r in rows]
-        recon_inputs = [build_condition_input("ocr_memory", r, tok, mtpp, h, **{**kw, "max_target_tokens": 10**9},
-                                              prompt=PROMPTS["reconstruct"], target=src)
-                        for r, h, src in zip(rows, hist, sources)]
+    if not ev.reconstruction_probe:
+        return inputs, None
+    recon = [build_condition_input("ocr_memory", r, tok, mtpp, h, **{**kw, "max_target_tokens": 10**9},
+                                   prompt=PROMPTS["reconstruct"], target=r["history"][r.get("cut_chars", 0):])
+             for r, h in zip(rows, hist)]
+    return inputs, recon
+
+
+def _run_all(model, ev, inputs: dict, recon_inputs, rows: list[dict], pages, progress: bool):
+    """Every condition (and the probe): ({condition: (losses, predictions)}, probe predictions, seconds)."""
+    from tqdm.auto import tqdm
 
     total = sum(sum(not it.skipped for it in v) for v in inputs.values()) + (len(rows) if recon_inputs else 0)
     bar = tqdm(total=total, desc="evaluate", unit="ex", disable=not progress, file=sys.stderr)
-    results, seconds = {}, {}
+    results, seconds, recon_preds = {}, {}, None
     with torch.no_grad():
-        for c in conditions:
+        for c, items in inputs.items():
             bar.set_postfix_str(c)
             t0 = time.perf_counter()
-            results[c] = _run_condition(model, c, inputs[c], rows, pages, ev.batch_size, ev.max_new_tokens, bar)
+            results[c] = _run_condition(model, c, items, rows, pages, ev.batch_size, ev.max_new_tokens, bar)
             seconds[c] = time.perf_counter() - t0
-        recon_preds = None
         if recon_inputs is not None:
             bar.set_postfix_str("reconstruction")
             t0 = time.perf_counter()
@@ -324,66 +250,78 @@ def evaluate(settings: Settings, adapter_dir: str | Path | None = None, model=No
                                             budget, bar, score_loss=False)
             seconds["reconstruction"] = time.perf_counter() - t0
     bar.close()
+    return results, recon_preds, seconds
 
-    # -- per example records -----------------------------------------------------------------
-    examples = []
-    for i, r in enumerate(rows):
-        rec = {"id": r["id"], "prompt": r["prompt"], "target": r["target"], "pages": len(r["pages"]),
-               "cut_chars": r.get("cut_chars", 0), "history_tokens": len(hist[i]), "kept_text_tokens": kept_tok[i],
-               "memory_tokens": mem_tok[i], "compression": _round(compression[i], 4),
-               "history_compression": _round(history_compression[i], 4),
-               "bucket": bucket_of(compression[i]) if compression[i] is not None else None, "conditions": {}}
-        for c in conditions:
-            it = inputs[c][i]
-            loss, pred = results[c][0][i], results[c][1][i]
-            rec["conditions"][c] = {
-                "prediction": pred, "correct": None if pred is None else exact_match(pred, r["target"]),
-                "contains": None if pred is None else contains(pred, r["target"]),
-                "loss": None if loss is None else _round(loss[0]), "skipped": it.skipped,
-                "memory_tokens": it.memory_tokens, "text_memory_tokens": len(it.text_memory_ids),
-                "input_tokens": len(it.prompt_ids) + it.memory_tokens,
-            }
-        if recon_preds is not None:
-            src = r["history"][r.get("cut_chars", 0):]
-            rec["reconstruction"] = {"prediction": recon_preds[i], "precision": _round(char_precision(
-                recon_preds[i], src), 4)}
-        examples.append(rec)
 
-    # -- aggregate ---------------------------------------------------------------------------
-    metrics: dict[str, float | int] = {"n_examples": len(rows)}
+def _example_record(i: int, r: dict, f: ExampleFigures, inputs: dict, results: dict, recon_preds) -> dict:
+    """One line of metrics/eval_examples.jsonl: the example's figures and each condition's answer."""
+    rec = {"id": r["id"], "prompt": r["prompt"], "target": r["target"], "pages": len(r["pages"]),
+           "cut_chars": r.get("cut_chars", 0), "history_tokens": len(f.hist[i]), "kept_text_tokens": f.kept_tok[i],
+           "memory_tokens": f.mem_tok[i], "compression": rounded(f.compression[i], 4),
+           "history_compression": rounded(f.history_compression[i], 4),
+           "bucket": bucket_of(f.compression[i]) if f.compression[i] is not None else None, "conditions": {}}
+    for c, items in inputs.items():
+        it, (loss, pred) = items[i], (results[c][0][i], results[c][1][i])
+        rec["conditions"][c] = {
+            "prediction": pred, "correct": None if pred is None else exact_match(pred, r["target"]),
+            "contains": None if pred is None else contains(pred, r["target"]),
+            "loss": None if loss is None else rounded(loss[0]), "skipped": it.skipped,
+            "memory_tokens": it.memory_tokens, "text_memory_tokens": len(it.text_memory_ids),
+            "input_tokens": len(it.prompt_ids) + it.memory_tokens,
+        }
+    if recon_preds is not None:
+        src = r["history"][r.get("cut_chars", 0):]
+        rec["reconstruction"] = {"prediction": recon_preds[i], "precision": rounded(char_precision(recon_preds[i], src), 4)}
+    return rec
+
+
+TABLE_KEYS = ("exact_match", "contains", "loss", "perplexity", "n", "memory_tokens", "text_memory_tokens", "seconds")
+
+
+def _condition_row(c: str, examples: list[dict], losses: list, seconds: float) -> dict:
+    """One row of the condition table: token-weighted loss, exact match and contains over the scored examples."""
+    scored = [e["conditions"][c] for e in examples if not e["conditions"][c]["skipped"]]
+    losses = [x for x in losses if x is not None]
+    ntok = sum(n for _, n in losses)
+    loss = sum(x * n for x, n in losses) / ntok if ntok else None
+    return {"condition": c, "exact_match": rounded(mean([float(s["correct"]) for s in scored]), 4),
+            "contains": rounded(mean([float(s["contains"]) for s in scored]), 4), "loss": rounded(loss),
+            "perplexity": rounded(math.exp(min(loss, 50.0)), 3) if loss is not None else None,
+            "n": len(scored), "memory_tokens": rounded(mean([s["memory_tokens"] for s in scored]), 2),
+            "text_memory_tokens": rounded(mean([s["text_memory_tokens"] for s in scored]), 2),
+            "seconds": round(seconds, 2)}
+
+
+def _condition_metrics(examples, inputs, results, seconds, f: ExampleFigures) -> tuple[dict, list[dict]]:
+    """The flat per-condition metrics and the condition table."""
+    metrics: dict = {"n_examples": len(examples)}
     table = []
-    for c in conditions:
-        scored = [e["conditions"][c] for e in examples if not e["conditions"][c]["skipped"]]
-        losses = [l for l in results[c][0] if l is not None]
-        ntok = sum(n for _, n in losses)
-        loss = sum(l * n for l, n in losses) / ntok if ntok else None
-        em = _mean([float(s["correct"]) for s in scored])
-        row = {"condition": c, "exact_match": _round(em, 4),
-               "contains": _round(_mean([float(s["contains"]) for s in scored]), 4), "loss": _round(loss),
-               "perplexity": _round(math.exp(min(loss, 50.0)), 3) if loss is not None else None,
-               "n": len(scored), "memory_tokens": _round(_mean([s["memory_tokens"] for s in scored]), 2),
-               "text_memory_tokens": _round(_mean([s["text_memory_tokens"] for s in scored]), 2),
-               "seconds": round(seconds[c], 2)}
+    for c in inputs:
+        row = _condition_row(c, examples, results[c][0], seconds[c])
         table.append(row)
-        for k in ("exact_match", "contains", "loss", "perplexity", "n", "memory_tokens", "text_memory_tokens", "seconds"):
-            metrics[f"{c}.{k}"] = row[k]
+        metrics.update({f"{c}.{k}": row[k] for k in TABLE_KEYS})
         if c == "full_text":
-            metrics["full_text.skipped"] = len(rows) - len(scored)
+            metrics["full_text.skipped"] = len(examples) - row["n"]
         if c == "truncated_text":
-            matched = [len(inputs[c][i].text_memory_ids) == mem_tok[i] for i in range(len(rows))]
-            metrics["truncated_text.budget_matched"] = _round(sum(matched) / len(rows), 4)
-    comps = [x for x in compression if x is not None]
-    metrics.update({
-        "compression.mean": _round(_mean(comps), 4), "compression.min": _round(min(comps), 4) if comps else None,
-        "compression.max": _round(max(comps), 4) if comps else None,
-        "compression.history_mean": _round(_mean([x for x in history_compression if x is not None]), 4),
-        "compression.overall": _round(sum(kept_tok) / sum(mem_tok), 4) if sum(mem_tok) else None,
-        "memory_tokens_per_page": mtpp, "pages.mean": _round(_mean([len(r["pages"]) for r in rows]), 3),
-        "examples_cut": sum(1 for r in rows if r.get("cut_chars", 0) > 0),
-    })
-    if "ocr_memory" in conditions:
-        metrics["ocr_memory.from_cache"] = int(source == "features")
+            matched = [len(inputs[c][i].text_memory_ids) == f.mem_tok[i] for i in range(len(examples))]
+            metrics["truncated_text.budget_matched"] = rounded(sum(matched) / len(examples), 4)
+    return metrics, table
 
+
+def _compression_metrics(rows: list[dict], f: ExampleFigures, mtpp: int) -> dict:
+    comps = [x for x in f.compression if x is not None]
+    return {
+        "compression.mean": rounded(mean(comps), 4), "compression.min": rounded(min(comps), 4) if comps else None,
+        "compression.max": rounded(max(comps), 4) if comps else None,
+        "compression.history_mean": rounded(mean(f.history_compression), 4),
+        "compression.overall": rounded(sum(f.kept_tok) / sum(f.mem_tok), 4) if sum(f.mem_tok) else None,
+        "memory_tokens_per_page": mtpp, "pages.mean": rounded(mean([len(r["pages"]) for r in rows]), 3),
+        "examples_cut": sum(1 for r in rows if r.get("cut_chars", 0) > 0),
+    }
+
+
+def _bucket_rows(examples: list[dict], with_ocr: bool, with_recon: bool, metrics: dict) -> list[dict]:
+    """ocr_memory accuracy (and probe precision) per compression bucket; adds their metrics."""
     by_bucket: dict[str, list[dict]] = {}
     for e in examples:
         if e["bucket"] is not None:
@@ -391,146 +329,68 @@ def evaluate(settings: Settings, adapter_dir: str | Path | None = None, model=No
     buckets = []
     for b in sorted(by_bucket, key=bucket_order):
         es = by_bucket[b]
-        row = {"bucket": b, "compression": _round(_mean([e["compression"] for e in es]), 4), "n": len(es)}
-        if "ocr_memory" in conditions:
-            row["exact_match"] = _round(_mean([float(e["conditions"]["ocr_memory"]["correct"]) for e in es]), 4)
+        row = {"bucket": b, "compression": rounded(mean([e["compression"] for e in es]), 4), "n": len(es)}
+        if with_ocr:
+            row["exact_match"] = rounded(mean([float(e["conditions"]["ocr_memory"]["correct"]) for e in es]), 4)
             metrics[f"ocr_memory.bucket.{b}.exact_match"] = row["exact_match"]
-        if recon_preds is not None:
-            row["reconstruction_precision"] = _round(_mean([e["reconstruction"]["precision"] for e in es]), 4)
+        if with_recon:
+            row["reconstruction_precision"] = rounded(mean([e["reconstruction"]["precision"] for e in es]), 4)
             metrics[f"reconstruction.bucket.{b}.precision"] = row["reconstruction_precision"]
         metrics[f"ocr_memory.bucket.{b}.n"] = len(es)
         buckets.append(row)
+    return buckets
+
+
+def _finite(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if v is not None and not (isinstance(v, float) and not math.isfinite(v))}
+
+
+def _write(out_dir: Path, metrics: dict, examples: list[dict], table: list[dict], buckets: list[dict],
+           with_recon: bool) -> Path | None:
+    """metrics/eval.json, metrics/eval_examples.jsonl, plots/*.csv (+ plots/eval.png); returns the figure."""
+    write_json(out_dir / "metrics/eval.json", metrics)
+    write_jsonl(out_dir / "metrics/eval_examples.jsonl", examples)
+    write_csv(out_dir / "plots/eval_conditions.csv", ["condition", "exact_match", "contains", "loss", "perplexity", "n"],
+              table)
+    write_csv(out_dir / "plots/accuracy_vs_compression.csv",
+              ["bucket", "compression", "exact_match", "n"] + (["reconstruction_precision"] if with_recon else []),
+              buckets)
+    return plot(out_dir / "plots/eval.png", table, buckets)
+
+
+def evaluate(settings: Settings, adapter_dir: str | Path | None = None, model=None,
+             out_dir: str | Path = ".", progress: bool = True) -> dict:
+    """The evaluate stage: every condition of settings.eval on the eval split; writes metrics and plots
+    under `out_dir`, logs to WandB when tracking is on; returns the metrics."""
+    t_start = time.perf_counter()
+    check_key(settings)  # first: a missing WandB key stops before anything loads
+    model = (model if model is not None else _load_model(settings, adapter_dir)).eval()
+    tok, mtpp = model.tokenizer, model.memory_tokens_per_page
+    rows = _eval_rows(settings)
+    conditions = [c for c in CONDITIONS if c in settings.eval.conditions]  # canonical order
+    probe = settings.eval.reconstruction_probe
+    pages, source = memory_pages(settings, model, rows) if "ocr_memory" in conditions or probe else (None, None)
+    f = _figures(tok, rows, mtpp)
+    inputs, recon_inputs = _inputs(settings, tok, mtpp, rows, f.hist, conditions)
+    results, recon_preds, seconds = _run_all(model, settings.eval, inputs, recon_inputs, rows, pages, progress)
+    examples = [_example_record(i, r, f, inputs, results, recon_preds) for i, r in enumerate(rows)]
+    metrics, table = _condition_metrics(examples, inputs, results, seconds, f)
+    metrics.update(_compression_metrics(rows, f, mtpp))
+    if "ocr_memory" in conditions:
+        metrics["ocr_memory.from_cache"] = int(source == "features")
+    buckets = _bucket_rows(examples, "ocr_memory" in conditions, recon_preds is not None, metrics)
     if recon_preds is not None:
-        metrics["reconstruction.precision"] = _round(_mean([e["reconstruction"]["precision"] for e in examples]), 4)
+        metrics["reconstruction.precision"] = rounded(mean([e["reconstruction"]["precision"] for e in examples]), 4)
         metrics["reconstruction.seconds"] = round(seconds["reconstruction"], 2)
     metrics["seconds.total"] = round(time.perf_counter() - t_start, 2)
-    metrics = {k: v for k, v in metrics.items() if v is not None and not (isinstance(v, float) and not math.isfinite(v))}
-
-    # -- write -------------------------------------------------------------------------------
-    out_dir = Path(out_dir)
-    (out_dir / "metrics").mkdir(parents=True, exist_ok=True)
-    (out_dir / "plots").mkdir(parents=True, exist_ok=True)
-    write_atomic(out_dir / "metrics/eval.json", (json.dumps(metrics, indent=2) + "\n").encode())
-    write_atomic(out_dir / "metrics/eval_examples.jsonl",
-                 "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples).encode("utf-8"))
-    _write_csv(out_dir / "plots/eval_conditions.csv", ["condition", "exact_match", "contains", "loss", "perplexity", "n"],
-               table)
-    _write_csv(out_dir / "plots/accuracy_vs_compression.csv",
-               ["bucket", "compression", "exact_match", "n"] + (["reconstruction_precision"] if recon_preds else []),
-               buckets)
-    figure = _plot(out_dir / "plots/eval.png", table, buckets)
-    print(_summary(table, buckets, metrics, source))
-    if settings.tracking.wandb_mode != "disabled":
-        _log_wandb(settings, metrics, table, buckets, examples, rows, conditions, figure)
+    metrics = _finite(metrics)
+    figure = _write(Path(out_dir), metrics, examples, table, buckets, recon_preds is not None)
+    print(eval_report(table, buckets, metrics, source))
+    print(f"\nresults: {Path(out_dir) / 'metrics/eval.json'} (dvc metrics show), plots/ (dvc plots show), per-example "
+          f"answers in metrics/eval_examples.jsonl; adapter: {adapter_dir or settings.adapter_dir} "
+          f"(ocrmem generate --adapter ...)")
+    run = start_run(settings, "eval")
+    if not isinstance(run, DummyRun):
+        log_run(run, settings, metrics, table, buckets, examples, rows, conditions, figure)
+    run.finish()
     return metrics
-
-
-# ---------------------------------------------------------------------------------------------
-# outputs
-
-
-def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
-    os.replace(tmp, path)
-
-
-def _plot(path: Path, table: list[dict], buckets: list[dict]) -> Path | None:
-    """Bar chart of the conditions and accuracy vs compression; skipped without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.bar([r["condition"] for r in table], [r["exact_match"] or 0 for r in table])
-    a.set_ylabel("exact match")
-    a.set_ylim(0, 1)
-    a.set_title("conditions")
-    a.tick_params(axis="x", labelrotation=20)
-    bs = [r for r in buckets if r.get("exact_match") is not None]
-    b.plot([r["compression"] for r in bs], [r["exact_match"] for r in bs], marker="o")
-    for r in bs:
-        b.annotate(f"{r['bucket']} (n={r['n']})", (r["compression"], r["exact_match"]), fontsize=8)
-    b.set_xlabel("compression (text tokens / memory tokens)")
-    b.set_ylabel("ocr_memory exact match")
-    b.set_ylim(0, 1)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def _fmt(x, nd=3):
-    return "-" if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
-
-
-def _summary(table: list[dict], buckets: list[dict], m: dict, source: str | None) -> str:
-    lines = [f"{'condition':<16}{'exact_match':>12}{'contains':>10}{'loss':>9}{'ppl':>10}{'mem tok':>9}{'n':>5}{'sec':>8}"]
-    for r in table:
-        mem = r["memory_tokens"] if r["condition"] == "ocr_memory" else r["text_memory_tokens"]
-        lines.append(f"{r['condition']:<16}{_fmt(r['exact_match']):>12}{_fmt(r['contains']):>10}{_fmt(r['loss']):>9}"
-                     f"{_fmt(r['perplexity'], 2):>10}{_fmt(mem, 1):>9}{r['n']:>5}{r['seconds']:>8.1f}")
-    if "full_text.skipped" in m and m["full_text.skipped"]:
-        lines.append(f"full_text skipped on {m['full_text.skipped']} examples over eval.full_text_max_tokens")
-    lines.append(f"compression (text tokens on the pages / memory tokens): mean {_fmt(m.get('compression.mean'), 2)}, "
-                 f"range {_fmt(m.get('compression.min'), 2)}-{_fmt(m.get('compression.max'), 2)}, "
-                 f"{m['memory_tokens_per_page']} memory tokens/page, {m['examples_cut']} histories cut to fit the pages"
-                 + (f"; memory from {source}" if source else ""))
-    if buckets:
-        lines.append(f"{'bucket':<8}{'compression':>12}{'ocr exact':>11}{'n':>5}"
-                     + (f"{'recon prec':>12}" if "reconstruction_precision" in buckets[0] else ""))
-        for r in buckets:
-            lines.append(f"{r['bucket']:<8}{_fmt(r['compression'], 2):>12}{_fmt(r.get('exact_match')):>11}{r['n']:>5}"
-                         + (f"{_fmt(r['reconstruction_precision']):>12}" if "reconstruction_precision" in r else ""))
-    return "\n".join(lines)
-
-
-def _log_wandb(settings: Settings, metrics: dict, table: list[dict], buckets: list[dict], examples: list[dict],
-               rows: list[dict], conditions: list[str], figure: Path | None) -> None:
-    try:
-        import wandb
-    except ImportError:
-        print("evaluate: wandb is not installed: not logged (tracking.wandb_mode is "
-              f"{settings.tracking.wandb_mode!r})", file=sys.stderr)
-        return
-    t = settings.tracking
-    if t.wandb_mode == "online" and not os.environ.get("WANDB_API_KEY"):
-        print("evaluate: tracking.wandb_mode=online needs WANDB_API_KEY in the environment: not logged",
-              file=sys.stderr)
-        return
-    os.environ.setdefault("WANDB_SILENT", "true")
-    wdir = Path.cwd()  # ./wandb/: never inside the DVC-tracked checkpoints (it would dirty the train stage)
-    run = wandb.init(mode=t.wandb_mode, project=t.project, entity=t.entity,
-                     name=(t.run_name + "-eval") if t.run_name else None, dir=str(wdir), job_type="eval",
-                     config={"ocrmem": settings.model_dump()}, reinit="finish_previous")
-    try:
-        run.summary.update({f"eval/{k}": v for k, v in metrics.items()})
-        cols = ["condition", "exact_match", "contains", "loss", "perplexity", "n"]
-        cond = wandb.Table(columns=cols, data=[[r[k] for k in cols] for r in table])
-        logs = {"eval/conditions": cond,
-                "eval/conditions_bar": wandb.plot.bar(cond, "condition", "exact_match", title="exact match by condition")}
-        if buckets and "exact_match" in buckets[0]:
-            bt = wandb.Table(columns=["bucket", "compression", "exact_match", "n"],
-                             data=[[r["bucket"], r["compression"], r["exact_match"], r["n"]] for r in buckets])
-            logs["eval/accuracy_vs_compression"] = wandb.plot.line(bt, "compression", "exact_match",
-                                                                   title="ocr_memory exact match vs compression")
-        if figure is not None:
-            logs["eval/figure"] = wandb.Image(str(figure))
-        n = max(t.log_pages, 1)
-        samples = wandb.Table(columns=["id", "page", "prompt", "target", "compression"]
-                              + [f"{c}" for c in conditions])
-        for e, r in list(zip(examples, rows))[:n]:
-            page = wandb.Image(str(settings.rendered_dir / r["pages"][0])) if r["pages"] else None
-            samples.add_data(e["id"], page, e["prompt"], e["target"], e["compression"],
-                             *[e["conditions"][c]["prediction"] for c in conditions])
-        logs["eval/samples"] = samples
-        run.log(logs)
-    finally:
-        run.finish()

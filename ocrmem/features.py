@@ -1,6 +1,6 @@
 """Feature cache: the frozen encoder runs once over the rendered pages; training reads the result.
 
-    ocrmem encode [--params params.yaml]     # -> data/features/{index.json, shard-*.safetensors}
+    ocrmem encode [--params params.yaml]     # encode(settings) -> data/features/{index.json, shard-*.safetensors}
 
 Pages are keyed by the sha256 of their PNG, so a page shared by splits is encoded once. The index
 records the encoder fingerprint and the render settings; a cache made by another encoder or other
@@ -11,7 +11,6 @@ each shard, so a killed run resumes where it stopped; `complete` marks a finishe
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -20,9 +19,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from ocrmem.model.encoder import DTYPES, FrozenEncoder
-from ocrmem.render import write_atomic
+from ocrmem.data import read_manifest
+from ocrmem.io import atomic_path, write_json
+from ocrmem.model.encoder import DTYPES, FrozenEncoder, build_encoder
 from ocrmem.settings import Settings
+from ocrmem.sources import SPLITS
 
 INDEX = "index.json"
 
@@ -36,80 +37,103 @@ def cache_fingerprint(encoder: FrozenEncoder, settings: Settings) -> dict:
             "store_dtype": settings.features.store_dtype}
 
 
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    write_atomic(path, json.dumps(obj, indent=1, sort_keys=True).encode())
-
-
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
 
-def encode_pages(settings: Settings, encoder: FrozenEncoder | None = None, progress: bool = True) -> dict:
-    """Encode every page of every rendered split not yet in the cache; return the cache's stats."""
-    from ocrmem.data import read_manifest
-    from ocrmem.model.encoder import build_encoder
+def encode(settings: Settings, encoder: FrozenEncoder | None = None, progress: bool = True) -> dict:
+    """The encode stage: fill the feature cache when training reads one; returns the cache's figures.
 
+    An unfrozen encoder, or train.use_feature_cache false, means training runs the encoder each step:
+    then there is nothing to cache and only the (empty) output directory is made.
+    """
+    if not (settings.model.encoder_frozen and settings.train.use_feature_cache):
+        print("feature cache disabled (encoder unfrozen or train.use_feature_cache false): nothing to encode")
+        settings.features_dir.mkdir(parents=True, exist_ok=True)
+        return {"cached": False}
+    index = build_cache(settings, encoder, progress)
+    return {"cached": True, "pages": len(index["pages"]), "shards": len(index["shards"]),
+            "tokens": index.get("tokens"), "dim": index.get("dim")}
+
+
+def build_cache(settings: Settings, encoder: FrozenEncoder | None = None, progress: bool = True) -> dict:
+    """Encode every page of every rendered split not yet in the cache; return the cache's index."""
     if not settings.model.encoder_frozen:
         raise ValueError("model.encoder_frozen is false: an unfrozen encoder changes every step, so there is no "
                          "feature cache; set train.use_feature_cache: false (encode is skipped)")
     encoder = encoder or build_encoder(settings.model, settings.render)
     out = settings.features_dir
-    out.mkdir(parents=True, exist_ok=True)
-    fp = cache_fingerprint(encoder, settings)
-    index_path = out / INDEX
-    index = json.loads(index_path.read_text()) if index_path.is_file() else None
-    if index is not None and index.get("fingerprint") != fp:
-        # Another encoder/render: start over rather than mix features of two encoders.
-        for f in out.glob("shard-*.safetensors"):
-            f.unlink()
-        index = None
-    index = index or {"fingerprint": fp, "pages": {}, "shards": [], "complete": False}
-
-    todo: dict[str, Path] = {}
-    for split in ("train", "eval"):
-        for row in read_manifest(settings, split):
-            for rel, sha in zip(row["pages"], row["sha256"]):
-                if sha not in index["pages"]:
-                    todo[sha] = settings.rendered_dir / rel
+    index = _open_index(out, cache_fingerprint(encoder, settings))
+    todo = _pages_to_encode(settings, index)
     if not todo and index["complete"]:
         print(f"feature cache {out} is up to date ({len(index['pages'])} pages): nothing to encode")
         return index
     device = _device(settings.features.device)
     encoder.to(device)
-    store = DTYPES[settings.features.store_dtype]
-    items = sorted(todo.items())
-    bs, per_shard = settings.features.batch_size, settings.features.shard_pages
-    bar = tqdm(total=len(items), desc="encode", unit="page", disable=not progress)
-    for s0 in range(0, len(items), per_shard):
-        chunk = items[s0:s0 + per_shard]
-        tensors = {}
-        for b0 in range(0, len(chunk), bs):
-            batch = chunk[b0:b0 + bs]
-            images = []
-            for _, path in batch:
-                with Image.open(path) as im:
-                    images.append(im.copy())
-            feats = encoder(encoder.preprocess(images).to(device)).to("cpu", store)
-            for (sha, _), f in zip(batch, feats):
-                tensors[sha] = f.contiguous()
-            bar.update(len(batch))
-        name = f"shard-{len(index['shards']):05d}.safetensors"
-        tmp = out / (name + ".tmp")
-        save_file(tensors, str(tmp))
-        os.replace(tmp, out / name)
-        index["shards"].append(name)
-        index["pages"].update({sha: name for sha in tensors})
-        _write_json_atomic(index_path, index)
+    bar = tqdm(total=len(todo), desc="encode", unit="page", disable=not progress)
+    per_shard, sample = settings.features.shard_pages, None
+    for s0 in range(0, len(todo), per_shard):
+        tensors = _encode_pages(encoder, todo[s0:s0 + per_shard], settings, device, bar)
+        _write_shard(out, index, tensors)
+        sample = next(iter(tensors.values()))
     bar.close()
-    sample = next(iter(tensors.values())) if items else None
     index["complete"] = True
     if sample is not None:
         index["tokens"], index["dim"] = list(sample.shape)
-    _write_json_atomic(index_path, index)
-    print(f"feature cache {out}: {len(index['pages'])} pages ({len(items)} encoded now) on {device}")
+    write_json(out / INDEX, index, sort_keys=True)
+    print(f"feature cache {out}: {len(index['pages'])} pages ({len(todo)} encoded now) on {device}")
     return index
+
+
+def _open_index(out: Path, fp: dict) -> dict:
+    """The cache's index; a cache of another encoder/render is emptied rather than mixed with this one."""
+    out.mkdir(parents=True, exist_ok=True)
+    index_path = out / INDEX
+    index = json.loads(index_path.read_text()) if index_path.is_file() else None
+    if index is not None and index.get("fingerprint") != fp:
+        for f in out.glob("shard-*.safetensors"):
+            f.unlink()
+        index = None
+    return index or {"fingerprint": fp, "pages": {}, "shards": [], "complete": False}
+
+
+def _pages_to_encode(settings: Settings, index: dict) -> list[tuple[str, Path]]:
+    """(sha256, path) of every rendered page not in the cache, sorted; a page shared by splits once."""
+    todo: dict[str, Path] = {}
+    for split in SPLITS:
+        for row in read_manifest(settings, split):
+            for rel, sha in zip(row["pages"], row["sha256"]):
+                if sha not in index["pages"]:
+                    todo[sha] = settings.rendered_dir / rel
+    return sorted(todo.items())
+
+
+def _encode_pages(encoder: FrozenEncoder, items: list[tuple[str, Path]], settings: Settings, device, bar) -> dict:
+    store, bs = DTYPES[settings.features.store_dtype], settings.features.batch_size
+    tensors = {}
+    for b0 in range(0, len(items), bs):
+        batch = items[b0:b0 + bs]
+        images = []
+        for _, path in batch:
+            with Image.open(path) as im:
+                images.append(im.copy())
+        feats = encoder(encoder.preprocess(images).to(device)).to("cpu", store)
+        for (sha, _), f in zip(batch, feats):
+            tensors[sha] = f.contiguous()
+        bar.update(len(batch))
+    return tensors
+
+
+def _write_shard(out: Path, index: dict, tensors: dict) -> None:
+    """Shard first, then the index naming it: a killed run resumes after its last whole shard."""
+    name = f"shard-{len(index['shards']):05d}.safetensors"
+    with atomic_path(out / name) as tmp:
+        save_file(tensors, str(tmp))
+    index["shards"].append(name)
+    index["pages"].update({sha: name for sha in tensors})
+    write_json(out / INDEX, index, sort_keys=True)
 
 
 class FeatureCache:

@@ -4,7 +4,7 @@
     a = llm.answer(history, "What is the value of delta? Answer with one word.")
     a.text, a.cut_chars, a.pages, a.memory_tokens
 
-The history (a string, or chat turns [{"role", "content"}] formatted as `ocrmem.data.format_chat`
+The history (a string, or chat turns [{"role", "content"}] formatted as `ocrmem.sources.format_chat`
 formats them for training) is rendered with the adapter's render settings: when it needs more
 than render.max_pages pages its most recent text is kept and `cut_chars` says how many leading
 characters were dropped. The pages go through the frozen encoder and the trained projector in
@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ocrmem.data import format_chat
-from ocrmem.dataset import clip_prompt, memory_prompt
+from ocrmem.dataset import clip_prompt, memory_prompt, pad_text
 from ocrmem.render import RenderResult, render_pages
+from ocrmem.sources import format_chat
 
 
 @dataclass
@@ -78,18 +78,13 @@ class MemoryLLM:
                 x, pos = memory_prompt(tok, clip_prompt(tok, p, self.max_prompt_tokens) if self.max_prompt_tokens else p)
                 ids.append(x)
                 where.append(pos)
-            n = max(len(x) for x in ids)
-            input_ids = torch.full((len(ids), n), tok.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(ids), n), dtype=torch.long)
-            for i, x in enumerate(ids):
-                input_ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
-                mask[i, : len(x)] = 1
+            text = pad_text(ids, tok.pad_token_id)
             counts = torch.tensor([len(r.pages) for r in rendered], dtype=torch.long)
             pages = [p for r in rendered for p in r.pages]
             kw = {"pixel_values": model.encoder.preprocess(pages)} if pages else {}
-            new = model.generate(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device),
-                                 page_counts=counts, memory_pos=torch.tensor(where), max_new_tokens=max_new_tokens,
-                                 **kw)
+            text = {k: v.to(model.device) for k, v in text.items()}
+            new = model.generate(**text, page_counts=counts, memory_pos=torch.tensor(where),
+                                 max_new_tokens=max_new_tokens, **kw)
             for r, row in zip(rendered, new.cpu().tolist()):
                 out.append(Answer(text=tok.decode(row, skip_special_tokens=True).strip(), cut_chars=r.cut_chars,
                                   pages=r.pages, memory_tokens=len(r.pages) * mtpp))

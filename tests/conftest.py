@@ -67,7 +67,7 @@ def pipeline(make_settings):
     from transformers import AutoTokenizer
 
     from ocrmem.data import render_dataset
-    from ocrmem.features import encode_pages
+    from ocrmem.features import encode
     from ocrmem.model import tokens_per_page
 
     def build(**sections):
@@ -75,7 +75,7 @@ def pipeline(make_settings):
         tok = AutoTokenizer.from_pretrained(s.model.base_llm_model_name)
         render_dataset(s, tokenizer=tok, tokens_per_page=tokens_per_page(s), progress=False)
         if s.model.encoder_frozen:
-            encode_pages(s, progress=False)
+            encode(s, progress=False)
         return s
 
     return build

@@ -4,6 +4,8 @@ import os
 import pytest
 
 from ocrmem import data as D
+from ocrmem import sources as SRC
+from ocrmem import tasks as T
 from ocrmem.render import line_height
 from ocrmem.settings import ConfigError, Settings
 
@@ -26,7 +28,7 @@ def test_read_jsonl_and_chat_history(tmp_path):
          "prompt": "q2?", "target": "b", "continuation": "more"},
     ]  # fmt: skip
     p.write_text("\n".join(json.dumps(r) for r in recs) + "\n\n")
-    exs = D.read_jsonl(p)
+    exs = SRC.read_jsonl(p)
     assert [e.id for e in exs] == ["conv-1", "x1"]
     assert exs[1].history == "user: hi\n\nassistant: hello"
     assert exs[1].continuation == "more" and exs[0].continuation is None
@@ -46,19 +48,19 @@ def test_read_jsonl_bad_line_names_file_and_line(tmp_path, line, what):
     p = tmp_path / "bad.jsonl"
     good = json.dumps({"history": "h", "prompt": "p", "target": "t"})
     p.write_text(good + "\n" + good + "\n" + line + "\n")
-    with pytest.raises(D.DataError) as e:
-        D.read_jsonl(p)
+    with pytest.raises(SRC.DataError) as e:
+        SRC.read_jsonl(p)
     assert f"{p}:3" in str(e.value) and what in str(e.value)
     assert isinstance(e.value, ValueError)
 
 
 def test_sanitize_id():
     for bad in ["../../etc/passwd", "..", ".", "", "/", "a/b", "ä ö", "..\\x"]:
-        s = D.sanitize_id(bad)
+        s = SRC.sanitize_id(bad)
         assert s and s not in (".", "..") and "/" not in s and "\\" not in s and not s.startswith(".")
         assert all(c.isalnum() or c in "._-" for c in s)
-    assert D.sanitize_id("ok-id_1.2") == "ok-id_1.2"
-    exs = D.unique_ids([D.Example("a/b", "", "", ""), D.Example("a_b", "", "", ""), D.Example("a/b", "", "", "")])
+    assert SRC.sanitize_id("ok-id_1.2") == "ok-id_1.2"
+    exs = SRC.unique_ids([SRC.Example("a/b", "", "", ""), SRC.Example("a_b", "", "", ""), SRC.Example("a/b", "", "", "")])
     assert [e.id for e in exs] == ["a_b", "a_b-1", "a_b-2"]
     assert exs[0].meta["source_id"] == "a/b"
 
@@ -66,7 +68,7 @@ def test_sanitize_id():
 def test_read_text_corpus(tmp_path):
     p = tmp_path / "book.txt"
     p.write_text("".join(chr(97 + i % 26) for i in range(1000)))
-    exs = D.read_text_corpus(p, 300, 50)
+    exs = SRC.read_text_corpus(p, 300, 50)
     assert len(exs) == 2
     assert exs[0].history == p.read_text()[:300] and exs[0].target == p.read_text()[300:350]
     assert exs[1].history.startswith(p.read_text()[350:360]) and exs[0].prompt == "Continue the text."
@@ -87,19 +89,19 @@ def test_load_examples_dispatch(tmp_path):
 
 @pytest.mark.parametrize("difficulty", ["easy", "medium"])
 def test_synthetic_deterministic_disjoint_and_answerable(difficulty):
-    a = D.make_synthetic(200, difficulty, seed=3, split="train")
-    assert a == D.make_synthetic(200, difficulty, seed=3, split="train")
-    ev = D.make_synthetic(200, difficulty, seed=3, split="eval")
+    a = T.make_synthetic(200, difficulty, seed=3, split="train")
+    assert a == T.make_synthetic(200, difficulty, seed=3, split="train")
+    ev = T.make_synthetic(200, difficulty, seed=3, split="eval")
     assert {x.history for x in a}.isdisjoint({x.history for x in ev})
-    assert a != D.make_synthetic(200, difficulty, seed=4, split="train")
+    assert a != T.make_synthetic(200, difficulty, seed=4, split="train")
     for ex in a:
         key = ex.meta["key"]
         assert f"{key}: {ex.target}\n" in ex.history + "\n"
-        assert key in ex.prompt and ex.target in D.VOCAB_16 and ex.meta["difficulty"] == difficulty
+        assert key in ex.prompt and ex.target in T.VOCAB_16 and ex.meta["difficulty"] == difficulty
     asked = {ex.meta["row"] for ex in a}
     assert asked == ({0} if difficulty == "easy" else set(range(8)))  # easy: always the first (oldest) row
     # chance without memory is 1/16: all 16 answers occur, none dominates
-    counts = {w: sum(ex.target == w for ex in D.make_synthetic(4000, difficulty, 0, "train")) for w in D.VOCAB_16}
+    counts = {w: sum(ex.target == w for ex in T.make_synthetic(4000, difficulty, 0, "train")) for w in T.VOCAB_16}
     assert len(counts) == 16 and max(counts.values()) / 4000 < 0.1 and min(counts.values()) > 0
 
 
@@ -108,21 +110,21 @@ def test_synthetic_easy_rows_at_fixed_lines():
     from ocrmem.settings import RenderSettings
 
     rs = RenderSettings()  # CPU default: 512px, 24px font
-    for ex in D.make_synthetic(5, "easy", 0, "train") + D.make_synthetic(5, "hard", 0, "train"):
+    for ex in T.make_synthetic(5, "easy", 0, "train") + T.make_synthetic(5, "hard", 0, "train"):
         lines, cut = layout(ex.history, rs)
         assert cut == 0
         texts = [ex.history[a:b] for a, b in lines]
         rows = [t for t in texts if t]
         step = 2 if ex.meta["difficulty"] == "easy" else 1  # hard: one row per line
-        for i, k in enumerate(D.KEYS[: len(rows)]):
+        for i, k in enumerate(T.KEYS[: len(rows)]):
             assert texts[i * step].startswith(f"{k}: ")  # row i at y = margin + i*step*line_height
     assert line_height(rs) * 2 < 64 + 1  # easy: one row per 64px patch row
 
 
 def test_synthetic_hard_prose():
-    m = D.make_synthetic(50, "hard", 1, "train")
-    assert all(len(x.history.splitlines()) == 16 and x.target in D.VOCAB_32 for x in m)
-    h = D.make_synthetic(50, "prose", 1, "train")
+    m = T.make_synthetic(50, "hard", 1, "train")
+    assert all(len(x.history.splitlines()) == 16 and x.target in T.VOCAB_32 for x in m)
+    h = T.make_synthetic(50, "prose", 1, "train")
     for ex in h:
         assert f"The code word for {ex.meta['key']} is {ex.target}." in ex.history
     assert len({x.history.index("The code word for alpha") for x in h}) > 10  # facts move around
@@ -211,7 +213,7 @@ def test_changed_examples_invalidate_manifest_and_stale_pages(tmp_path):
 
 def test_truncated_examples_counted(tmp_path):
     s = Settings(render={"workers": 1, "max_pages": 1}, data={"out_dir": str(tmp_path / "d")})
-    exs = [D.Example("long", "\n".join(f"row {i}" for i in range(100)), "p", "t")]
+    exs = [SRC.Example("long", "\n".join(f"row {i}" for i in range(100)), "p", "t")]
     res = D.render_dataset(s, splits=("train",), examples={"train": exs}, tokenizer=FakeTokenizer(),
                            tokens_per_page=10, progress=False)  # fmt: skip
     st = res["splits"]["train"]

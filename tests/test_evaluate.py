@@ -9,7 +9,10 @@ import pytest
 import torch
 
 from ocrmem import evaluate as E
-from ocrmem.data import Example, make_synthetic, read_manifest, render_dataset
+from ocrmem import scoring as S
+from ocrmem.data import read_manifest, render_dataset
+from ocrmem.sources import Example
+from ocrmem.tasks import make_synthetic
 from ocrmem.settings import CONDITIONS, Settings
 
 LONG = " ".join(f"Fact {i}: the code word for item {i} is word{i}." for i in range(60))  # ~3000 chars: cut
@@ -99,14 +102,14 @@ def test_collate_labels_only_on_target(eval_pipeline):
 
 
 def test_scoring_helpers():
-    assert E.exact_match(" Black.", "black") and E.exact_match("black cat", "black")
-    assert not E.exact_match("", "black") and not E.exact_match("blue", "black")
-    assert E.exact_match("Hello, World!", "hello world") and not E.exact_match("hello", "hello world")
-    assert E.contains("The value of delta is black.", "black") and not E.contains("blackish", "black")
-    assert not E.contains("anything", "")
-    assert E.levenshtein("kitten", "sitting") == 3 and E.levenshtein("", "abc") == 3
-    assert E.char_precision("abc", "abc") == 1.0 and E.char_precision("xyzxyzxyz", "abc") == 0.0
-    assert [E.bucket_of(x) for x in (1.0, 2.0, 5, 8, 12.5, 40)] == ["<2", "2-4", "4-8", "8-12", "12-16", ">=16"]
+    assert S.exact_match(" Black.", "black") and S.exact_match("black cat", "black")
+    assert not S.exact_match("", "black") and not S.exact_match("blue", "black")
+    assert S.exact_match("Hello, World!", "hello world") and not S.exact_match("hello", "hello world")
+    assert S.contains("The value of delta is black.", "black") and not S.contains("blackish", "black")
+    assert not S.contains("anything", "")
+    assert S.levenshtein("kitten", "sitting") == 3 and S.levenshtein("", "abc") == 3
+    assert S.char_precision("abc", "abc") == 1.0 and S.char_precision("xyzxyzxyz", "abc") == 0.0
+    assert [S.bucket_of(x) for x in (1.0, 2.0, 5, 8, 12.5, 40)] == ["<2", "2-4", "4-8", "8-12", "12-16", ">=16"]
 
 
 def test_evaluate_end_to_end(eval_pipeline, tmp_path):
@@ -172,13 +175,13 @@ def test_evaluate_end_to_end(eval_pipeline, tmp_path):
     with open(tmp_path / "plots/accuracy_vs_compression.csv") as f:
         buckets = list(csv.DictReader(f))
     assert buckets and sum(int(b["n"]) for b in buckets) == n
-    assert all(b["bucket"] in E.BUCKET_NAMES for b in buckets)
+    assert all(b["bucket"] in S.BUCKET_NAMES for b in buckets)
     assert all(f"ocr_memory.bucket.{b['bucket']}.exact_match" in m for b in buckets)
 
 
 def test_evaluate_subset_cache_and_probe(eval_pipeline, tmp_path):
     """Conditions subset, max_examples, the feature cache (same losses as pixels) and the reconstruction probe."""
-    from ocrmem.features import encode_pages
+    from ocrmem.features import encode
 
     s, model, rows = eval_pipeline
     s2 = s.model_copy(update={"eval": s.eval.model_copy(update={
@@ -190,7 +193,7 @@ def test_evaluate_subset_cache_and_probe(eval_pipeline, tmp_path):
     ex = [json.loads(x) for x in (tmp_path / "pix/metrics/eval_examples.jsonl").read_text().splitlines()]
     assert all(isinstance(e["reconstruction"]["prediction"], str) for e in ex)
 
-    encode_pages(s2, model.encoder, progress=False)
+    encode(s2, model.encoder, progress=False)
     cached = E.evaluate(s2, model=model, out_dir=tmp_path / "cache", progress=False)
     assert cached["ocr_memory.from_cache"] == 1 and pix["ocr_memory.from_cache"] == 0
     assert cached["ocr_memory.loss"] == pytest.approx(pix["ocr_memory.loss"], abs=1e-4)

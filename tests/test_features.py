@@ -8,9 +8,9 @@ import torch
 
 from ocrmem.data import read_manifest
 from ocrmem.dataset import MemoryCollator, PixelPages
-from ocrmem.features import INDEX, CacheMismatchError, FeatureCache, cache_fingerprint, encode_pages
+from ocrmem.dataset import build_datasets
+from ocrmem.features import INDEX, CacheMismatchError, FeatureCache, build_cache, cache_fingerprint, encode
 from ocrmem.model import OcrMemModel, build_encoder
-from ocrmem.trainer import build_datasets
 
 
 @pytest.mark.parametrize("encoder", ["pixels", "deepseek_ocr2"])
@@ -54,7 +54,7 @@ def test_rerun_does_no_work_and_interrupted_run_resumes(pipeline, capsys):
     index = json.loads((s.features_dir / INDEX).read_text())
     assert index["complete"] and len(index["shards"]) == 3  # 24 pages, 8 per shard
     mtimes = {p.name: p.stat().st_mtime_ns for p in s.features_dir.iterdir()}
-    encode_pages(s, progress=False)
+    encode(s, progress=False)
     assert "up to date" in capsys.readouterr().out
     assert mtimes == {p.name: p.stat().st_mtime_ns for p in s.features_dir.iterdir()}
     # simulate a kill after the first shard: the index lists one shard and is not complete
@@ -64,7 +64,7 @@ def test_rerun_does_no_work_and_interrupted_run_resumes(pipeline, capsys):
     (s.features_dir / INDEX).write_text(json.dumps(index))
     with pytest.raises(CacheMismatchError, match="incomplete"):
         FeatureCache(s.features_dir)
-    encode_pages(s, progress=False)
+    encode(s, progress=False)
     assert "(16 encoded now)" in capsys.readouterr().out
     assert len(FeatureCache(s.features_dir).index["pages"]) == 24
 
@@ -86,4 +86,4 @@ def test_cache_of_another_encoder_or_render_is_refused(pipeline, make_settings):
 def test_unfrozen_encoder_has_no_cache(make_settings):
     s = make_settings(model={"encoder_frozen": False})
     with pytest.raises(ValueError, match="encoder_frozen is false"):
-        encode_pages(s)
+        build_cache(s)

@@ -130,15 +130,13 @@ def test_truncation_keeps_the_end():
     assert _png(R.render_pages(long[r3.cut_chars :], rs).pages[0]) == _png(r3.pages[0])
 
 
-def test_truncation_of_a_large_text_is_fast():
-    import time
-
+def test_truncation_of_a_large_text_keeps_the_page_budget():
+    """A 2.2 MB history still gives max_pages pages of its end (its time: bench/render_speed.py)."""
     rs = RenderSettings(page_size=512, font_size=24, max_pages=2)
     text = "a few words on a line\n" * 100_000  # 2.2 MB
-    t = time.perf_counter()
     r = R.render_pages(text, rs)
-    assert time.perf_counter() - t < 2.0
     assert len(r.pages) == 2 and r.cut_chars > 2_000_000
+    assert text[r.cut_chars:] == "a few words on a line\n" * (2 * R.lines_per_page(rs))
 
 
 def test_save_png_atomic_overwrite(tmp_path):
