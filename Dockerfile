@@ -1,7 +1,9 @@
-# OCR-MEM: the `ocrmem` CLI with CUDA PyTorch and DeepSpeed; also the image of the Prefect GPU deployment.
+# OCR-MEM: the `ocrmem` CLI with CUDA PyTorch, DeepSpeed, dvc and git; also the image of the Prefect GPU
+# deployment, whose flow runs `dvc repro` per stage in the repo mounted at /app (flows/deploy.py --repo).
 #   docker build -t ocrmem:latest .
 #   docker run --rm --gpus all -v "$PWD:/app" -w /app ocrmem:latest validate
 #   docker run --rm --gpus all -v "$PWD:/app" -w /app ocrmem:latest train --params configs/...
+#   docker run --rm --gpus all -v "$PWD:/app" -w /app --entrypoint dvc ocrmem:latest repro
 # The devel flavour (not runtime): DeepSpeed JIT-compiles its fused optimizer ops with nvcc at first use.
 FROM pytorch/pytorch:2.7.1-cuda12.6-cudnn9-devel
 

@@ -17,10 +17,13 @@ trap 'kill $SERVER 2>/dev/null || true; rm -rf "$WORK"' EXIT
 for _ in $(seq 90); do curl -sf "$PREFECT_API_URL/health" >/dev/null && break; sleep 1; done
 curl -sf "$PREFECT_API_URL/health" >/dev/null || { cat "$WORK/server.log"; exit 1; }
 
-# the pipeline's files + tiny params, as the DVC e2e test lays them out
+# the pipeline's files + tiny params, as the DVC e2e test lays them out: a DVC repo (the flow runs
+# `dvc repro` per stage), tiny stand-in models only
 mkdir -p "$WORK/repo"
 cp -r "$REPO/ocrmem" "$REPO/flows" "$REPO/configs" "$REPO/dvc.yaml" "$WORK/repo/"
 cp "$REPO/tests/data/params.tiny.yaml" "$WORK/repo/params.yaml"
+sed -i 's/ocrmem standins --out models$/ocrmem standins --out models --no-smollm2/' "$WORK/repo/dvc.yaml"
+(cd "$WORK/repo" && git init -q && dvc init -q)
 
 prefect work-pool create "$POOL" --type process --overwrite >/dev/null
 cd "$WORK/repo"
@@ -30,7 +33,7 @@ from prefect import flow
 pool, repo = sys.argv[1:]
 flow.from_source(source=repo, entrypoint="flows/pipeline.py:ocrmem_pipeline").deploy(
     name="smoke", work_pool_name=pool,
-    parameters={"params_path": "params.yaml", "workdir": repo, "smollm2": False},
+    parameters={"workdir": repo},
     print_next_steps=False,
 )
 PY

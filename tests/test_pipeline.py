@@ -5,6 +5,7 @@ The slow end-to-end runs (dvc repro, a Prefect flow run) are in test_pipeline_e2
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import shutil
@@ -99,14 +100,72 @@ def _lookup(d, dotted):
     return d
 
 
-def test_stage_params_are_what_the_flow_hashes():
-    """The flow's cache key is built from the same dvc.yaml declaration: a train param is in train's key only."""
-    from flows.pipeline import _entries, _dvc_stage
+def _covers(params: list[str], key: str) -> bool:
+    """A dvc.yaml params list covers `key` when it lists the key or a section above it."""
+    parts = key.split(".")
+    return any(".".join(parts[:n]) in params for n in range(1, len(parts) + 1))
 
-    assert "train" in _entries(_dvc_stage("train")["params"]) or "train.learning_rate" in _entries(_dvc_stage("train")["params"])
-    for stage in ("render", "encode", "gradcheck"):
-        ps = _entries(_dvc_stage(stage).get("params"))
-        assert "train" not in ps and "train.learning_rate" not in ps
+
+def test_a_param_reruns_only_the_stages_that_read_it():
+    """train.learning_rate is read by train only (validate checks every section); render.font_size by
+    render and everything downstream of the pages, never by standins."""
+    st = dvc_stages()
+    lr = {name for name, s in st.items() if _covers(names(s.get("params")), "train.learning_rate")}
+    assert lr == {"validate", "train"}
+    font = {name for name, s in st.items() if _covers(names(s.get("params")), "render.font_size")}
+    assert font == set(STAGES) - {"standins"}
+    for name, s in st.items():  # a section listed whole is not also listed key by key
+        ps = names(s.get("params"))
+        assert not [k for k in ps if "." in k and _covers([p for p in ps if p != k], k)], name
+
+
+STAGE_MODULES = {"validate": "ocrmem.settings", "standins": "ocrmem.standins", "render": "ocrmem.data",
+                 "encode": "ocrmem.features", "gradcheck": "ocrmem.gradcheck", "train": "ocrmem.trainer",
+                 "evaluate": "ocrmem.evaluate"}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_deps_cover_the_modules_its_code_imports(stage):
+    """A change to any ocrmem module a stage's code can run must rerun the stage: its deps list every
+    module in the import closure of the stage function's module (imports inside functions and
+    registry entries "module:Class" included; package __init__ files only resolve names)."""
+    from module_graph import closure, module_file
+
+    deps = names(dvc_stages()[stage].get("deps"))
+    mods = closure(STAGE_MODULES[stage])
+    assert STAGE_MODULES[stage] in mods
+    missing = sorted(f for f in map(module_file, mods)
+                     if f and not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps))
+    assert not missing, f"dvc.yaml stage {stage!r} imports {missing} but does not list them in deps"
+
+
+def test_module_graph_sees_lazy_and_registry_imports():
+    """The closure is not vacuous: it follows imports inside functions and registry entries."""
+    from module_graph import closure
+
+    assert "ocrmem.model.hub" in closure("ocrmem.data")  # imported inside data.render()
+    assert "ocrmem.model.encoder" in closure("ocrmem.model.registry")  # "ocrmem.model.encoder:PixelEncoder"
+    assert "ocrmem.trainer" not in closure("ocrmem.evaluate")
+
+
+def test_each_stage_is_one_function_named_after_it(tiny_repo, monkeypatch):
+    """`ocrmem <stage>` calls the library function named after the stage, and only it."""
+    import importlib
+
+    from ocrmem.cli import main
+
+    calls = []
+    for stage, module in STAGE_MODULES.items():
+        if stage == "validate":
+            continue
+        monkeypatch.setattr(importlib.import_module(module), stage,
+                            lambda *a, _s=stage, **k: calls.append(_s) or {"ok": True})
+    monkeypatch.setattr("ocrmem.trainer.deepspeed_command", lambda *a, **k: None)
+    for stage in STAGES:
+        argv = {"standins": ["standins", "--out", "models"], "validate": ["validate", "--static", "--params", "params.yaml"]
+                }.get(stage, [stage, "--params", "params.yaml"])
+        assert main(argv) == 0, stage
+    assert calls == STAGES[1:]
 
 
 def test_plots_and_offline_template():
@@ -146,7 +205,7 @@ def test_hadolint_passes():
 
 # -- (a) deployment ----------------------------------------------------------------------------------
 
-def test_gpu_deployment_object():
+def test_gpu_deployment_object(tmp_path):
     from flows.deploy import build_deployment
 
     d = build_deployment(str(ROOT / "params.yaml"), image="registry.example/ocrmem:1", pool="gpu-pool")
@@ -157,11 +216,18 @@ def test_gpu_deployment_object():
     assert jv["image"] == "registry.example/ocrmem:1"
     req = jv["container_create_kwargs"]["device_requests"][0]
     assert req["capabilities"] == [["gpu"]] and req["count"] == -1 and req["driver"] == "nvidia"
-    assert d.parameters["params_path"].endswith("params.yaml") and d.parameters["workdir"] == "/app"
-    assert "encoder:pixel_lines" in d.tags
+    assert d.parameters == {"workdir": "/app"}  # the flow runs `dvc repro` in the mounted repo
+    assert jv["volumes"] == []
+    assert build_deployment(str(ROOT / "params.yaml"), repo="/srv/ocrmem").job_variables["volumes"] == [
+        "/srv/ocrmem:/app"]
+    # the tags follow the params file: another encoder, another tag
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["model"]["encoder"] = "deepseek_ocr2"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    assert "encoder:deepseek_ocr2" in build_deployment(str(tmp_path / "params.yaml")).tags
 
 
-# -- (d) the flow's tasks call the library functions ------------------------------------------------
+# -- (d) the flow: one task per stage, each `dvc repro --single-item <stage>` ----------------------
 
 @pytest.fixture
 def tiny_repo(tmp_path, monkeypatch):
@@ -171,95 +237,85 @@ def tiny_repo(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_tasks_call_library_functions(tiny_repo, monkeypatch):
+def test_tasks_run_their_dvc_stage_and_return_its_figures(tiny_repo, monkeypatch):
     import flows.pipeline as fp
 
-    calls = []
-    monkeypatch.setattr("ocrmem.standins.build_standins", lambda root, smollm2=True: calls.append(("standins", str(root), smollm2)) or {})
-    monkeypatch.setattr("ocrmem.model.ocrmem.load_tokenizer", lambda ms: "tok")
+    ran = []
+    monkeypatch.setattr(fp, "dvc_repro", lambda stage: ran.append(stage) or "")
+    Path("metrics").mkdir()
+    for name, body in {"validate": {"valid": True}, "gradcheck": {"ok": True}, "train": {"steps": 2},
+                       "eval": {"ocr_memory.exact_match": 0.5}}.items():
+        Path(f"metrics/{name}.json").write_text(json.dumps(body))
+    Path("data/rendered").mkdir(parents=True)
+    Path("data/rendered/stats.json").write_text(json.dumps({"total": {"pages": 3}}))
+    got = {name: getattr(fp, name).fn() for name in STAGES}
+    assert ran == STAGES and list(fp.TASKS) == STAGES
+    assert got == {"validate": {"valid": True}, "standins": None, "render": {"pages": 3}, "encode": None,
+                   "gradcheck": {"ok": True}, "train": {"steps": 2}, "evaluate": {"ocr_memory.exact_match": 0.5}}
+    assert {name: t.name for name, t in fp.TASKS.items()} == {s: s for s in STAGES}
 
-    def fake_render(settings, tokenizer=None, tokens_per_page=None):
-        calls.append(("render", tokenizer, tokens_per_page))
 
-    monkeypatch.setattr("ocrmem.data.render_dataset", fake_render)
-    monkeypatch.setattr("ocrmem.features.encode_pages", lambda settings: calls.append(("encode", settings.features.device)))
+def test_dvc_repro_streams_and_fails_on_nonzero_exit(tiny_repo, monkeypatch, capsys):
+    import flows.pipeline as fp
 
-    def fake_train(settings, resume=True):
-        calls.append(("train", settings.train.max_steps, resume))
-        Path("metrics").mkdir(exist_ok=True)
-        Path("metrics/train.json").write_text(json.dumps({"steps": 2}))
+    class Proc:
+        def __init__(self, cmd, **kw):
+            self.cmd, self.stdout, self.returncode = cmd, iter(["Running stage 'train':\n", "boom\n"]), 3
 
-    def fake_eval(settings, adapter_dir=None):
-        calls.append(("evaluate", settings.eval.max_new_tokens))
-        Path("metrics/eval.json").write_text(json.dumps({"ocr_memory.exact_match": 0.5}))
+        def __enter__(self):
+            return self
 
-    monkeypatch.setattr("ocrmem.trainer.train", fake_train)
-    monkeypatch.setattr("ocrmem.evaluate.evaluate", fake_eval)
+        def __exit__(self, *a):
+            return False
 
-    assert fp.validate.fn("params.yaml") == {"valid": True}
-    assert json.loads(Path("metrics/validate.json").read_text()) == {"valid": True}
-    fp.standins.fn(params_path="params.yaml", smollm2=False)
-    fp.render.fn(params_path="params.yaml")
-    fp.encode.fn(params_path="params.yaml")
-    assert fp.train.fn(params_path="params.yaml") == {"steps": 2}
-    assert fp.evaluate.fn(params_path="params.yaml") == {"ocr_memory.exact_match": 0.5}
-    from ocrmem.model.encoder import tokens_per_page
-    from ocrmem.settings import load_settings
-
-    tpp = tokens_per_page(load_settings("params.yaml"))
-    assert calls == [("standins", "models", False), ("render", "tok", tpp), ("encode", "cpu"),
-                     ("train", 2, False), ("evaluate", 4)]
+    monkeypatch.setattr("subprocess.Popen", Proc)
+    with pytest.raises(RuntimeError, match=r"dvc repro --single-item train` exited with status 3"):
+        fp.dvc_repro("train")
+    assert "Running stage 'train'" in capsys.readouterr().out
 
 
 def test_train_uses_deepspeed_launcher_with_gpus(tiny_repo, monkeypatch):
-    import flows.pipeline as fp
+    """`ocrmem train` (what the DVC stage and so the flow run) starts the DeepSpeed launcher on every
+    local GPU when train.deepspeed is set; without GPUs, or inside a launched process, it trains in-process."""
+    from ocrmem.cli import main
+    from ocrmem.settings import load_settings
+    from ocrmem.trainer import deepspeed_command
 
     text = Path("params.yaml").read_text().replace("deepspeed: null", f"deepspeed: {ROOT / 'configs/ds_zero2.json'}")
     Path("params.yaml").write_text(text)
-    assert fp.train_command("params.yaml") is None or __import__("torch").cuda.is_available()
+    s = load_settings("params.yaml")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert deepspeed_command(s, "params.yaml") is None
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
     monkeypatch.setattr("torch.cuda.device_count", lambda: 4)
-    cmd = fp.train_command("params.yaml")
+    cmd = deepspeed_command(s, "params.yaml", resume=False)
     assert cmd == ["deepspeed", "--num_gpus", "4", "--module", "ocrmem.cli", "train", "--params", "params.yaml",
                    "--no-resume"]
     ran = []
-    monkeypatch.setattr("subprocess.run", lambda c, check: ran.append(c))
+    monkeypatch.setattr("subprocess.call", lambda c: ran.append(c) or 0)
     monkeypatch.setattr("ocrmem.trainer.train", lambda *a, **k: pytest.fail("in-process train with GPUs + deepspeed"))
-    Path("metrics").mkdir()
-    Path("metrics/train.json").write_text("{}")
-    fp.train.fn(params_path="params.yaml")
+    assert main(["train", "--params", "params.yaml", "--no-resume"]) == 0
     assert ran == [cmd]
+    monkeypatch.setenv("LOCAL_RANK", "0")  # a process the launcher started trains itself
+    assert deepspeed_command(s, "params.yaml") is None
 
 
-def test_retries_only_on_io_tasks():
+def test_retries_only_on_io_tasks_and_no_second_cache():
     import flows.pipeline as fp
+    from prefect.cache_policies import NO_CACHE
 
     retries = {name: getattr(fp, name).retries for name in STAGES}
     assert retries == {"validate": 0, "standins": 0, "render": 2, "encode": 2, "gradcheck": 0, "train": 0,
                        "evaluate": 0}
-    for name in STAGES[1:]:
-        assert getattr(fp, name).cache_key_fn is fp.stage_cache_key
+    for name in STAGES:  # DVC decides what reruns: no Prefect cache in front of it
+        t = getattr(fp, name)
+        assert t.cache_policy is NO_CACHE and t.cache_key_fn is None
 
 
-def test_cache_key_follows_dvc_declaration(tiny_repo):
-    """Same inputs -> same key; a train param changes train's key but not render's."""
-    import flows.pipeline as fp
-
-    for f in ("dvc.yaml",):
-        shutil.copy(ROOT / f, f)
-    shutil.copytree(ROOT / "ocrmem", "ocrmem", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "configs", "configs")
-    Path("models").mkdir()
-    Path("metrics").mkdir()
-    Path("metrics/validate.json").write_text("{}")
-    Path("metrics/gradcheck.json").write_text("{}")
-    for out in ("data/rendered", "data/features", "checkpoints"):
-        Path(out).mkdir(parents=True)
-    Path("metrics/train.json").write_text("{}")
-    k = {s: fp.stage_cache_key(None, {"stage": s, "params_path": "params.yaml"}) for s in ("render", "train")}
-    assert all(k.values())
-    assert k == {s: fp.stage_cache_key(None, {"stage": s, "params_path": "params.yaml"}) for s in k}
-    Path("params.yaml").write_text(Path("params.yaml").read_text().replace("learning_rate: 0.003", "learning_rate: 0.01"))
-    k2 = {s: fp.stage_cache_key(None, {"stage": s, "params_path": "params.yaml"}) for s in k}
-    assert k2["render"] == k["render"] and k2["train"] != k["train"]
-    assert Path("checkpoints") in fp.stage_outs("train", "params.yaml")  # missing -> the flow refreshes the cache
+def test_flow_keeps_no_second_record_of_what_changed():
+    """No reading of dvc.yaml and no hashing in the flow: dvc.lock is the one record."""
+    tree = ast.parse((ROOT / "flows/pipeline.py").read_text())
+    mods = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    mods |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not mods & {"yaml", "hashlib"}

@@ -4,9 +4,9 @@
   train param reruns train + evaluate (and the 1 s validate); a render param reruns render onward
   (not standins); `dvc push` / `dvc pull` restore the outputs from the configured remote; and
   `dvc plots show` writes an HTML with the Vega libraries inlined (no CDN).
-- test_prefect_flow_runs_and_caches: the Prefect flow runs every stage under a test server,
-  publishes the eval table artifact, then a second run is served from the task cache (only
-  validate runs) and a train param change reruns train + evaluate only.
+- test_prefect_flow_runs_and_caches: the Prefect flow (one `dvc repro --single-item` per task)
+  runs every stage under a test server and publishes the eval table artifact; a second run runs
+  no stage, and a train param change reruns train + evaluate (and validate) only.
 - test_process_worker_smoke: flows/smoke_worker.sh deploys the flow to a local process work pool
   and runs it through `prefect worker start --run-once` (the path a GPU docker pool takes).
 """
@@ -105,21 +105,28 @@ def test_dvc_repro_reruns_only_what_changed(tmp_path):
 def test_prefect_flow_runs_and_caches(tmp_path, monkeypatch):
     from prefect.testing.utilities import prefect_test_harness
 
-    repo = make_repo(tmp_path / "repo", git=False)
+    repo = make_repo(tmp_path / "repo")  # the flow runs `dvc repro --single-item <stage>` in it
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     monkeypatch.setenv("DO_NOT_TRACK", "1")
     monkeypatch.setenv("PREFECT_LOCAL_STORAGE_PATH", str(tmp_path / "prefect-results"))
-    import ocrmem.cli
-    from flows.pipeline import ocrmem_pipeline
+    monkeypatch.setenv("PATH", env()["PATH"])
+    import flows.pipeline as fp
 
-    real_main = ocrmem.cli.main
+    real = fp.dvc_repro
     ran: list[str] = []
-    monkeypatch.setattr(ocrmem.cli, "main", lambda argv: ran.append(argv[0]) or real_main(argv))
+
+    def spy(stage):
+        out = real(stage)
+        if f"Running stage '{stage}'" in out:  # DVC ran it (else: "didn't change, skipping")
+            ran.append(stage)
+        return out
+
+    monkeypatch.setattr(fp, "dvc_repro", spy)
     cwd = os.getcwd()
     with prefect_test_harness(server_startup_timeout=90):
-        out = ocrmem_pipeline(params_path="params.yaml", workdir=str(repo), smollm2=False)
+        out = fp.ocrmem_pipeline(workdir=str(repo))
         assert os.getcwd() == cwd
         assert ran == ["validate", "standins", "render", "encode", "gradcheck", "train", "evaluate"]
         assert out["train"]["steps"] == 2 and "ocr_memory.exact_match" in out["evaluate"]
@@ -138,12 +145,12 @@ def test_prefect_flow_runs_and_caches(tmp_path, monkeypatch):
         assert asyncio.run(artifact("ocrmem-eval-summary"))
 
         ran.clear()
-        ocrmem_pipeline(params_path="params.yaml", workdir=str(repo), smollm2=False)
-        assert ran == ["validate"]  # every other stage is a cache hit
+        fp.ocrmem_pipeline(workdir=str(repo))
+        assert ran == []  # nothing changed: DVC runs no stage
 
         ran.clear()
         edit(repo / "params.yaml", "learning_rate: 0.003", "learning_rate: 0.01")
-        ocrmem_pipeline(params_path="params.yaml", workdir=str(repo), smollm2=False)
+        fp.ocrmem_pipeline(workdir=str(repo))
         assert ran == ["validate", "train", "evaluate"]
 
 
