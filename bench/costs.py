@@ -18,21 +18,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, measure, save, table  # noqa: E402
-import shapes  # noqa: E402
+# bench/ is the script's directory, so Python finds its siblings (common, shapes) without any path edits.
+from common import machine, measure, save, table
+import shapes
 
-from ocrmem.model.encoder import DeepseekOcr2Encoder, FrozenEncoder  # noqa: E402
-from ocrmem.model.ocrmem import OcrMemModel  # noqa: E402
-from ocrmem.model.projector import build_projector  # noqa: E402
-from ocrmem.settings import Settings  # noqa: E402
+from ocrmem.model.encoder import DeepseekOcr2Encoder, FrozenEncoder
+from ocrmem.model.ocrmem import OcrMemModel
+from ocrmem.model.projector import build_projector
+from ocrmem.settings import Settings
 
 DT = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 

@@ -3,23 +3,22 @@
     python bench/render_speed.py [--page-size 1024] [--pages 96]
 
 Draws full pages (the text fills each page) with the default font, with and without PNG encoding,
-in one process and in a pool of 1..N processes, in one run.
+in one process and in a pool of 1..N processes, in one run; then the time to keep the end of a
+2.2 MB history (layout wraps from the end backwards: its cost follows what is kept, not the length).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, save, table  # noqa: E402
+# bench/ is the script's directory, so Python finds its siblings (common, shapes) without any path edits.
+from common import machine, save, table
 
-from ocrmem.render import lines_per_page, png_bytes, render_pages  # noqa: E402
-from ocrmem.settings import RenderSettings  # noqa: E402
+from ocrmem.render import lines_per_page, png_bytes, render_pages
+from ocrmem.settings import RenderSettings
 
 LATIN = ("The quick brown fox jumps over the lazy dog while the committee reviews the quarterly memory "
          "report and writes down every number it can find. ")
@@ -54,6 +53,18 @@ def rate(script: str, page_size: int, pages: int, procs: int, encode: bool) -> f
     return sum(chunks) / (time.perf_counter() - t0)
 
 
+def truncation_seconds(reps: int = 3) -> float:
+    """Median seconds to render the end of a 2.2 MB history onto 2 pages (was an assertion in test_render)."""
+    rs = RenderSettings(page_size=512, font_size=24, max_pages=2)
+    text = "a few words on a line\n" * 100_000
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        render_pages(text, rs)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--page-size", type=int, default=1024)
@@ -69,8 +80,10 @@ def main() -> None:
             rows.append([script, "draw + PNG" if encode else "draw", *rates, rates[-1] / rates[0]])
     header = ["text", "work", *[f"{p} proc pages/s" for p in procs], f"x{procs[-1]} vs 1"]
     text = table(f"1. rendering {args.page_size}px pages ({cores} cores)", header, rows)
+    trunc = truncation_seconds()
+    text += "\n" + table("truncation: the last 2 pages of a 2.2 MB history (512px, 24px font)", ["seconds"], [[trunc]])
     save(f"render-{args.page_size}.json", {"machine": machine(__import__('torch').device("cpu")), "rows": rows,
-                                           "header": header, "table": text})
+                                           "header": header, "table": text, "truncation_2_2mb_s": trunc})
 
 
 if __name__ == "__main__":

@@ -15,22 +15,21 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine  # noqa: E402
-import shapes  # noqa: E402
-from costs import build  # noqa: E402
-from transformers import TrainerCallback  # noqa: E402
+# bench/ is the script's directory, so Python finds its siblings (common, shapes) without any path edits.
+from common import RESULTS, machine
+import shapes
+from costs import build
+from transformers import TrainerCallback
 
-from ocrmem.dataset import CachedPages, MemoryCollator, MemoryDataset  # noqa: E402
-from ocrmem.features import FeatureCache  # noqa: E402
-from ocrmem.trainer import OcrMemTrainer  # noqa: E402
+from ocrmem.dataset import CachedPages, MemoryCollator, MemoryDataset
+from ocrmem.features import FeatureCache
+from ocrmem.trainer import OcrMemTrainer
 
 
 class StepTimer(TrainerCallback):

@@ -75,7 +75,7 @@ def build_cache(settings: Settings, encoder: FrozenEncoder | None = None, progre
     bar = tqdm(total=len(todo), desc="encode", unit="page", disable=not progress)
     per_shard, sample = settings.features.shard_pages, None
     for s0 in range(0, len(todo), per_shard):
-        tensors = _encode_pages(encoder, todo[s0:s0 + per_shard], settings, device, bar)
+        tensors = _features_of(encoder, todo[s0:s0 + per_shard], settings, device, bar)
         _write_shard(out, index, tensors)
         sample = next(iter(tensors.values()))
     bar.close()
@@ -110,7 +110,7 @@ def _pages_to_encode(settings: Settings, index: dict) -> list[tuple[str, Path]]:
     return sorted(todo.items())
 
 
-def _encode_pages(encoder: FrozenEncoder, items: list[tuple[str, Path]], settings: Settings, device, bar) -> dict:
+def _features_of(encoder: FrozenEncoder, items: list[tuple[str, Path]], settings: Settings, device, bar) -> dict:
     store, bs = DTYPES[settings.features.store_dtype], settings.features.batch_size
     tensors = {}
     for b0 in range(0, len(items), bs):

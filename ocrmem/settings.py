@@ -129,7 +129,7 @@ class RenderSettings(Section):
 class SyntheticSettings(Section):
     difficulty: Literal["easy", "medium", "hard", "prose"] = Field(
         "easy", description="easy: key-value sheet, always the first row asked; medium: any row; hard: 16 rows, "
-        "32 words; prose: facts hidden in prose (needs a real OCR encoder). See ocrmem.data.make_synthetic.",
+        "32 words; prose: facts hidden in prose (needs a real OCR encoder). See ocrmem.tasks.make_synthetic.",
     )
     n_train: int = Field(512, gt=0, description="Training examples.")
     n_eval: int = Field(64, gt=0, description="Held-out examples.")

@@ -33,9 +33,12 @@ def no_model_loading(monkeypatch):
         monkeypatch.setattr(cls, "from_pretrained", boom)
 
 
-def test_repo_params_are_valid():
-    s = load_settings(REPO / "params.yaml")
-    assert s.model.encoder == "pixel_lines" and s.train.deepspeed is None
+@pytest.mark.parametrize("params_file", ["params.yaml", "configs/params.gpu.yaml", "tests/data/params.tiny.yaml"])
+def test_params_files_spell_out_every_field(params_file, monkeypatch):
+    """Each params file is valid and complete: it names every field with the value the stages use, so
+    DVC (which reads the file, not pydantic's defaults) sees every param a stage lists."""
+    monkeypatch.chdir(REPO)
+    assert yaml.safe_load((REPO / params_file).read_text()) == load_settings(REPO / params_file).model_dump()
 
 
 @pytest.mark.parametrize("field", ["ocr_model_name", "base_llm_model_name"])
@@ -121,7 +124,11 @@ def test_missing_params_file(capsys):
     assert "not found" in capsys.readouterr().err
 
 
-def test_gpu_params_are_valid(monkeypatch):
+def test_gpu_params_page_costs_deepseeks_256_queries(monkeypatch):
+    """The GPU config's 1024px page costs DeepSeek-OCR-2's 256 tokens, computed without loading weights."""
+    from ocrmem.model import tokens_per_page
+
     monkeypatch.chdir(REPO)
     s = load_settings(REPO / "configs/params.gpu.yaml")
-    assert s.model.encoder == "deepseek_ocr2" and s.train.deepspeed == "configs/ds_zero2.json" and s.train.bf16
+    assert tokens_per_page(s) == 256 // s.model.token_pool ** 2
+    assert tokens_per_page(s.model_copy(update={"render": s.render.model_copy(update={"page_size": 768})})) == 144 // s.model.token_pool ** 2
