@@ -6,6 +6,7 @@
     ocrmem encode     [--params params.yaml]                  ocrmem.features.encode
     ocrmem gradcheck  [--params params.yaml]                  ocrmem.gradcheck.gradcheck
     ocrmem train      [--params params.yaml] [--no-resume]    ocrmem.trainer.train
+    ocrmem baselines  [--params params.yaml]                  ocrmem.baselines.baselines
     ocrmem evaluate   [--params params.yaml] [--adapter DIR]  ocrmem.evaluate.evaluate
     ocrmem generate --adapter checkpoints/adapter --history FILE --prompt "..."
 
@@ -24,7 +25,7 @@ from pathlib import Path
 from ocrmem.settings import ConfigError, Settings, check_model_paths, load_settings, validate
 
 # Stages that load models also need their local model paths to exist.
-LOADS_MODELS = {"render", "encode", "gradcheck", "train", "evaluate"}
+LOADS_MODELS = {"render", "encode", "gradcheck", "train", "baselines", "evaluate"}
 
 
 def _settings(args) -> Settings:
@@ -81,6 +82,13 @@ def cmd_train(args, s: Settings) -> int:
     return 0
 
 
+def cmd_baselines(args, s: Settings) -> int:
+    from ocrmem.baselines import baselines
+
+    baselines(s)
+    return 0
+
+
 def cmd_evaluate(args, s: Settings) -> int:
     from ocrmem.evaluate import evaluate
 
@@ -125,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     add("encode", cmd_encode, "cache the frozen encoder's features of every page")
     add("gradcheck", cmd_gradcheck, "gradient-flow smoke test on one real batch")
     add("train", cmd_train, "train the projector").add_argument("--no-resume", action="store_true")
-    add("evaluate", cmd_evaluate, "four conditions side by side -> metrics/eval.json").add_argument(
+    add("baselines", cmd_baselines, "train the text baselines' soft prompts (same budget as OCR memory)")
+    add("evaluate", cmd_evaluate, "every condition side by side -> metrics/eval.json").add_argument(
         "--adapter", default=None, help="adapter dir (default: train.output_dir/adapter)")
     sp = add("generate", cmd_generate, "answer a prompt about a long history with a trained memory", params=False)
     sp.add_argument("--adapter", required=True)

@@ -37,18 +37,18 @@ from ocrmem.tasks import make_synthetic
 MANIFEST_FIELDS = (
     "id", "history", "prompt", "target", "continuation", "meta",
     "pages", "sha256", "history_chars", "kept_chars", "cut_chars", "missing_glyphs",
-    "text_tokens", "kept_text_tokens", "vision_tokens", "compression",
+    "text_tokens", "kept_text_tokens", "vision_tokens", "compression", "page_lines",
 )  # fmt: skip
 
 
 def render(settings: Settings, progress: bool = True) -> dict:
     """The render stage: every split with the base LLM's tokenizer counting text tokens and the
     encoder's page cost for the compression figures; returns the figures (see render_dataset)."""
-    from ocrmem.model.encoder import tokens_per_page
+    from ocrmem.model.encoder import tokens_per_line, tokens_per_page
     from ocrmem.model.hub import load_tokenizer
 
     return render_dataset(settings, tokenizer=load_tokenizer(settings.model), tokens_per_page=tokens_per_page(settings),
-                          progress=progress)
+                          tokens_per_line=tokens_per_line(settings), progress=progress)
 
 
 def load_examples(settings: Settings, split: str) -> list[Example]:
@@ -85,10 +85,13 @@ def _render_key(rs: RenderSettings) -> dict:
     return d
 
 
-def fingerprint(rs: RenderSettings, examples: Sequence[Example], tokenizer=None, tokens_per_page=None) -> str:
+def fingerprint(rs: RenderSettings, examples: Sequence[Example], tokenizer=None, tokens_per_page=None,
+                tokens_per_line=None) -> str:
     h = hashlib.sha256()
     tok_name = None if tokenizer is None else getattr(tokenizer, "name_or_path", type(tokenizer).__name__)
     head = {"render": _render_key(rs), "tokenizer": tok_name, "tokens_per_page": tokens_per_page}
+    if tokens_per_line:
+        head["tokens_per_line"] = tokens_per_line
     h.update(json.dumps(head, sort_keys=True).encode())
     for ex in examples:
         h.update(json.dumps(asdict(ex), sort_keys=True, ensure_ascii=False, default=str).encode())
@@ -114,7 +117,7 @@ def _render_one(job: tuple[str, str]) -> dict:
         shas.append(R.save_png(page, out / name))
         names.append(name)
     return {"id": ex_id, "files": names, "sha256": shas, "kept_chars": res.kept_chars,
-            "cut_chars": res.cut_chars, "missing_glyphs": res.missing_glyphs}  # fmt: skip
+            "cut_chars": res.cut_chars, "missing_glyphs": res.missing_glyphs, "page_lines": res.page_lines}  # fmt: skip
 
 
 def _n_workers(rs: RenderSettings, n_jobs: int) -> int:
@@ -268,8 +271,11 @@ def _token_counts(tokenizer, examples: list[Example], done: dict) -> tuple[list,
     return text_tok, kept_tok
 
 
-def _manifest_row(ex: Example, r: dict, split: str, tt: int | None, kt: int | None, tokens_per_page) -> dict:
+def _manifest_row(ex: Example, r: dict, split: str, tt: int | None, kt: int | None, tokens_per_page,
+                  tokens_per_line: int | None = None) -> dict:
     vis = len(r["files"]) * tokens_per_page if tokens_per_page else None
+    if tokens_per_line:  # line encoders: a page costs only the lines drawn on it
+        vis = sum(r["page_lines"]) * tokens_per_line
     return {
         "id": ex.id, "history": ex.history, "prompt": ex.prompt, "target": ex.target,
         "continuation": ex.continuation, "meta": ex.meta,
@@ -277,7 +283,7 @@ def _manifest_row(ex: Example, r: dict, split: str, tt: int | None, kt: int | No
         "history_chars": len(ex.history), "kept_chars": r["kept_chars"], "cut_chars": r["cut_chars"],
         "missing_glyphs": r["missing_glyphs"],
         "text_tokens": tt, "kept_text_tokens": kt, "vision_tokens": vis,
-        "compression": (kt / vis) if kt is not None and vis else None,
+        "compression": (kt / vis) if kt is not None and vis else None, "page_lines": r["page_lines"],
     }  # fmt: skip
 
 
@@ -301,17 +307,17 @@ def _finish(out: Path, rows: list[dict], fp: str) -> dict:
 
 
 def render_split(settings: Settings, split: str, examples: list[Example] | None = None, tokenizer=None,
-                 tokens_per_page: int | None = None, progress: bool = True) -> dict:
+                 tokens_per_page: int | None = None, progress: bool = True, tokens_per_line: int | None = None) -> dict:
     """Render one split; returns its stats plus 'rendered' (examples drawn now) and 'up_to_date'."""
     examples = unique_ids(list(examples if examples is not None else load_examples(settings, split)))
-    fp = fingerprint(settings.render, examples, tokenizer, tokens_per_page)
+    fp = fingerprint(settings.render, examples, tokenizer, tokens_per_page, tokens_per_line)
     stats = _up_to_date(settings, split, fp)
     if stats is not None:
         return {**stats, "rendered": 0, "up_to_date": True, "fingerprint": fp}
     out = settings.rendered_dir / split
     done, n_drawn = _draw(examples, settings.render, out, fp, f"render {split}", progress)
     text_tok, kept_tok = _token_counts(tokenizer, examples, done)
-    rows = [_manifest_row(ex, done[ex.id], split, tt, kt, tokens_per_page)
+    rows = [_manifest_row(ex, done[ex.id], split, tt, kt, tokens_per_page, tokens_per_line)
             for ex, tt, kt in zip(examples, text_tok, kept_tok)]
     _remove_stale(out, rows)
     stats = _finish(out, rows, fp)
@@ -325,6 +331,7 @@ def render_dataset(
     tokens_per_page: int | None = None,
     progress: bool = True,
     examples: dict[str, list[Example]] | None = None,
+    tokens_per_line: int | None = None,
 ) -> dict:
     """Render `splits` under settings.rendered_dir; write stats.json; print a summary.
 
@@ -335,7 +342,7 @@ def render_dataset(
     results = {}
     for split in splits:
         exs = examples.get(split) if examples else None
-        results[split] = render_split(settings, split, exs, tokenizer, tokens_per_page, progress)
+        results[split] = render_split(settings, split, exs, tokenizer, tokens_per_page, progress, tokens_per_line)
 
     # stats.json covers every split that is complete on disk, not only the ones rendered now
     per_split = {}

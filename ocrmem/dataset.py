@@ -149,7 +149,8 @@ class MemoryDataset(Dataset):
         prompt, target = target_text(row, objective)
         ids, labels, pos = self.encode_text(prompt, target)
         pages = self.pages(row) if self.with_memory else None
-        return {"input_ids": ids, "labels": labels, "pages": pages, "memory_pos": pos,
+        return {"input_ids": ids, "labels": labels, "pages": pages, "memory_pos": pos if self.with_memory else -1,
+                "page_lines": row.get("page_lines") if pages is not None else None,
                 "objective": OBJECTIVES.index(objective)}
 
 
@@ -185,6 +186,9 @@ class MemoryCollator:
                  "objective_ids": torch.tensor([x["objective"] for x in items], dtype=torch.long)}
         if pages:
             batch[self.key] = torch.cat(pages)
+            lines = [n for x in items if x["pages"] is not None for n in (x.get("page_lines") or [])]
+            if len(lines) == sum(len(p) for p in pages):  # manifests before page_lines: whole pages
+                batch["page_lines"] = torch.tensor(lines, dtype=torch.long)
         return batch
 
 

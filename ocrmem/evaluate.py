@@ -9,6 +9,8 @@ Conditions (`eval.conditions`, a subset of `settings.CONDITIONS`):
                     memory of that example costs (pages x memory_tokens_per_page): the fair baseline;
 * `ocr_memory`      the rendered pages through the frozen encoder + trained projector (cached
                     features when the cache exists and matches this model, else pixel values);
+* `truncated_text_trained`, `full_text_trained`: the same two text memories, read with a soft prompt
+                    trained like OCR memory's (ocrmem/baselines.py): the fair trained baselines;
 * `full_text`       the whole history as text: the ceiling; skipped per example where the history
                     is longer than `eval.full_text_max_tokens` (the count is reported).
 
@@ -36,11 +38,13 @@ from __future__ import annotations
 import math
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from ocrmem.baselines import TRAINED_TEXT, load_soft_prompt, with_budgets
 from ocrmem.dataset import (PROMPTS, CachedPages, PixelPages, chat_prompt, clip_prompt, memory_prompt, pad_text,
                             target_ids)
 from ocrmem.io import write_csv, write_json, write_jsonl
@@ -64,6 +68,7 @@ class CondInput:
     memory_tokens: int = 0  # memory embeddings inserted at memory_pos (n_pages x tokens per page)
     memory_pos: int = 0  # where the memory slot is in prompt_ids (OCR memory is inserted there)
     text_memory_ids: list[int] = field(default_factory=list)  # history tokens inside the prompt text
+    page_lines: list[int] = field(default_factory=list)  # lines drawn on each memory page (ocr_memory)
     skipped: bool = False  # full_text over eval.full_text_max_tokens
 
 
@@ -83,30 +88,36 @@ def build_condition_input(condition: str, row: dict, tokenizer, memory_tokens_pe
     if hist_ids is None:
         hist_ids = history_ids(tokenizer, row["history"])
     n_pages = len(row["pages"])
+    budget = row.get("memory_tokens", n_pages * memory_tokens_per_page)  # what this example's OCR memory costs
     prompt = clip_prompt(tokenizer, prompt, max_prompt_tokens)
     if condition == "no_memory":
-        return CondInput(condition, chat_prompt(tokenizer, prompt), tgt)
+        return CondInput(condition, chat_prompt(tokenizer, prompt), tgt, memory_pos=-1)
     if condition == "ocr_memory":  # the same "Memory:" turn as the text conditions, pages in the slot
         ids, pos = memory_prompt(tokenizer, prompt)
-        return CondInput(condition, ids, tgt, n_pages=n_pages, memory_tokens=n_pages * memory_tokens_per_page,
-                         memory_pos=pos)
-    if condition == "truncated_text":
-        budget = n_pages * memory_tokens_per_page
+        return CondInput(condition, ids, tgt, n_pages=n_pages, memory_tokens=budget, memory_pos=pos,
+                         page_lines=list(row.get("page_lines") or []))
+    if condition.startswith("truncated_text"):
         mem = hist_ids[len(hist_ids) - budget:] if budget else []  # the most recent `budget` tokens
-        return CondInput(condition, memory_prompt(tokenizer, prompt, mem)[0], tgt, text_memory_ids=mem)
-    # full_text
-    if len(hist_ids) > full_text_max_tokens:
-        return CondInput(condition, [], tgt, text_memory_ids=[], skipped=True)
-    return CondInput(condition, memory_prompt(tokenizer, prompt, hist_ids)[0], tgt, text_memory_ids=list(hist_ids))
+    elif len(hist_ids) > full_text_max_tokens:  # full_text
+        return CondInput(condition, [], tgt, text_memory_ids=[], skipped=True, memory_pos=-1)
+    else:
+        mem = list(hist_ids)
+    ids, pos = memory_prompt(tokenizer, prompt, mem)
+    # Trained text conditions read their own soft prompt right before the text memory; zero-shot ones none.
+    return CondInput(condition, ids, tgt, text_memory_ids=mem, memory_pos=pos if condition in TRAINED_TEXT else -1)
 
 
 def collate(items: list[CondInput], pad_id: int, with_target: bool) -> dict:
     """Right-padded text batch (+ labels when with_target) and page_counts."""
     ids = [it.prompt_ids + (it.target_ids if with_target else []) for it in items]
     labels = [[-100] * len(it.prompt_ids) + it.target_ids for it in items] if with_target else None
-    return {**pad_text(ids, pad_id, labels),
-            "page_counts": torch.tensor([it.n_pages for it in items], dtype=torch.long),
-            "memory_pos": torch.tensor([it.memory_pos for it in items], dtype=torch.long)}
+    batch = {**pad_text(ids, pad_id, labels),
+             "page_counts": torch.tensor([it.n_pages for it in items], dtype=torch.long),
+             "memory_pos": torch.tensor([it.memory_pos for it in items], dtype=torch.long)}
+    lines = [n for it in items if it.n_pages for n in it.page_lines]
+    if lines and len(lines) == sum(it.n_pages for it in items):
+        batch["page_lines"] = torch.tensor(lines, dtype=torch.long)
+    return batch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,7 +221,7 @@ def _eval_rows(settings: Settings) -> list[dict]:
 def _figures(tok, rows: list[dict], mtpp: int) -> ExampleFigures:
     hist = [history_ids(tok, r["history"]) for r in rows]
     kept = [len(history_ids(tok, r["history"][r.get("cut_chars", 0):])) for r in rows]
-    mem = [len(r["pages"]) * mtpp for r in rows]
+    mem = [r.get("memory_tokens", len(r["pages"]) * mtpp) for r in rows]
     return ExampleFigures(hist, kept, mem, [k / m if m else None for k, m in zip(kept, mem)],
                           [len(h) / m if m else None for h, m in zip(hist, mem)])
 
@@ -229,10 +240,26 @@ def _inputs(settings: Settings, tok, mtpp: int, rows: list[dict], hist, conditio
     return inputs, recon
 
 
-def _run_all(model, ev, inputs: dict, recon_inputs, rows: list[dict], pages, progress: bool):
+@contextmanager
+def _soft_prompt_of(model, condition: str, soft_prompts: dict):
+    """Run `condition` with its own trained soft prompt (the trained text baselines), then restore."""
+    if condition not in soft_prompts:
+        yield
+        return
+    keep = model.soft_prompt.vectors.detach().clone()
+    model.soft_prompt.vectors.data.copy_(soft_prompts[condition])
+    try:
+        yield
+    finally:
+        model.soft_prompt.vectors.data.copy_(keep)
+
+
+def _run_all(model, ev, inputs: dict, recon_inputs, rows: list[dict], pages, progress: bool,
+             soft_prompts: dict | None = None):
     """Every condition (and the probe): ({condition: (losses, predictions)}, probe predictions, seconds)."""
     from tqdm.auto import tqdm
 
+    soft_prompts = soft_prompts or {}
     total = sum(sum(not it.skipped for it in v) for v in inputs.values()) + (len(rows) if recon_inputs else 0)
     bar = tqdm(total=total, desc="evaluate", unit="ex", disable=not progress, file=sys.stderr)
     results, seconds, recon_preds = {}, {}, None
@@ -240,7 +267,8 @@ def _run_all(model, ev, inputs: dict, recon_inputs, rows: list[dict], pages, pro
         for c, items in inputs.items():
             bar.set_postfix_str(c)
             t0 = time.perf_counter()
-            results[c] = _run_condition(model, c, items, rows, pages, ev.batch_size, ev.max_new_tokens, bar)
+            with _soft_prompt_of(model, c, soft_prompts):
+                results[c] = _run_condition(model, c, items, rows, pages, ev.batch_size, ev.max_new_tokens, bar)
             seconds[c] = time.perf_counter() - t0
         if recon_inputs is not None:
             bar.set_postfix_str("reconstruction")
@@ -367,12 +395,14 @@ def evaluate(settings: Settings, adapter_dir: str | Path | None = None, model=No
     model = (model if model is not None else _load_model(settings, adapter_dir)).eval()
     tok, mtpp = model.tokenizer, model.memory_tokens_per_page
     rows = _eval_rows(settings)
+    rows = with_budgets(model, rows)  # what each example's OCR memory costs: every budget is matched to it
     conditions = [c for c in CONDITIONS if c in settings.eval.conditions]  # canonical order
     probe = settings.eval.reconstruction_probe
     pages, source = memory_pages(settings, model, rows) if "ocr_memory" in conditions or probe else (None, None)
     f = _figures(tok, rows, mtpp)
     inputs, recon_inputs = _inputs(settings, tok, mtpp, rows, f.hist, conditions)
-    results, recon_preds, seconds = _run_all(model, settings.eval, inputs, recon_inputs, rows, pages, progress)
+    soft = {c: load_soft_prompt(settings, c) for c in conditions if c in TRAINED_TEXT}
+    results, recon_preds, seconds = _run_all(model, settings.eval, inputs, recon_inputs, rows, pages, progress, soft)
     examples = [_example_record(i, r, f, inputs, results, recon_preds) for i, r in enumerate(rows)]
     metrics, table = _condition_metrics(examples, inputs, results, seconds, f)
     metrics.update(_compression_metrics(rows, f, mtpp))

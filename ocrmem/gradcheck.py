@@ -60,6 +60,8 @@ def _reentrant_llm(model: OcrMemModel) -> bool:
 
 def expected_trainable(model: OcrMemModel) -> set[str]:
     names = {f"projector.{n}" for n, _ in model.projector.named_parameters()}
+    if model.soft_prompt is not None:  # the trained vectors read before the memory: part of the adapter
+        names |= {f"soft_prompt.{n}" for n, _ in model.soft_prompt.named_parameters()}
     if not model.encoder.frozen:
         names |= {f"encoder.{n}" for n, _ in model.encoder.named_parameters()}
     return names

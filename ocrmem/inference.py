@@ -69,7 +69,6 @@ class MemoryLLM:
         if len(histories) != len(prompts):
             raise ValueError(f"{len(histories)} histories but {len(prompts)} prompts: give one prompt per history")
         model, tok = self.model, self.tokenizer
-        mtpp = model.memory_tokens_per_page
         out: list[Answer] = []
         for s in range(0, len(prompts), batch_size):
             rendered = [self.render(h) for h in histories[s: s + batch_size]]
@@ -83,11 +82,12 @@ class MemoryLLM:
             pages = [p for r in rendered for p in r.pages]
             kw = {"pixel_values": model.encoder.preprocess(pages)} if pages else {}
             text = {k: v.to(model.device) for k, v in text.items()}
-            new = model.generate(**text, page_counts=counts, memory_pos=torch.tensor(where),
+            lines = torch.tensor([n for r in rendered for n in r.page_lines], dtype=torch.long)
+            new = model.generate(**text, page_counts=counts, memory_pos=torch.tensor(where), page_lines=lines,
                                  max_new_tokens=max_new_tokens, **kw)
             for r, row in zip(rendered, new.cpu().tolist()):
                 out.append(Answer(text=tok.decode(row, skip_special_tokens=True).strip(), cut_chars=r.cut_chars,
-                                  pages=r.pages, memory_tokens=len(r.pages) * mtpp))
+                                  pages=r.pages, memory_tokens=sum(model.page_memory_tokens(r.page_lines))))
         return out
 
     def answer(self, history: str | list[dict], prompt: str, max_new_tokens: int = 64) -> Answer:

@@ -31,7 +31,7 @@ from PIL import Image, ImageColor, ImageDraw, ImageFont
 from ocrmem.io import sha256_bytes, write_atomic
 from ocrmem.settings import RenderSettings
 
-RENDERER_VERSION = "1"  # bump when the layout or drawing changes: it invalidates rendered data
+RENDERER_VERSION = "2"  # bump when the layout or drawing changes: it invalidates rendered data
 TAB = "    "
 # A code point no font maps (plane-16 private use, last one): its glyph is the font's .notdef.
 _NOTDEF_PROBE = "\U0010fffd"
@@ -203,6 +203,15 @@ def line_width(rs: RenderSettings) -> int:
     return rs.page_size - 2 * rs.margin
 
 
+def line_boxes(rs: RenderSettings) -> list[tuple[int, int, int, int]]:
+    """(x0, y0, x1, y1) of every line slot of a page, top to bottom: where `render_pages` draws line i.
+
+    The one statement of the page's line grid: line encoders crop these strips, the manifest records
+    how many of them each page fills."""
+    lh, x0, x1 = line_height(rs), rs.margin, rs.page_size - rs.margin
+    return [(x0, rs.margin + i * lh, x1, min(rs.page_size, rs.margin + (i + 1) * lh)) for i in range(lines_per_page(rs))]
+
+
 def wrap_line(text: str, start: int, end: int, font: ImageFont.FreeTypeFont, max_width: float) -> list[tuple[int, int]]:
     """Greedy wrap of the hard line text[start:end] (no line breaks inside).
 
@@ -318,6 +327,7 @@ class RenderResult:
     cut_chars: int  # leading characters dropped to fit rs.max_pages
     missing_glyphs: dict[str, int] = field(default_factory=dict)
     n_lines: int = 0
+    page_lines: list[int] = field(default_factory=list)  # lines drawn on each page (the rest of its grid is blank)
 
 
 def _colour(c: str) -> int:
@@ -343,15 +353,17 @@ def render_pages(text: str, rs: RenderSettings) -> RenderResult:
     """Lay `text` out on at most rs.max_pages pages (mode "L", page_size square), keeping its end."""
     font = load_font(rs.font_path, rs.font_size)
     lines, cut = layout(text, rs, font)
-    per_page = lines_per_page(rs)
-    lh = line_height(rs)
+    boxes = line_boxes(rs)
+    per_page = len(boxes)
     fg, bg = _colour(rs.foreground), _colour(rs.background)
-    pages = []
+    pages, page_lines = [], []
     for p in range(max(1, -(-len(lines) // per_page))):
         img = Image.new("L", (rs.page_size, rs.page_size), bg)
-        for i, (a, b) in enumerate(lines[p * per_page : (p + 1) * per_page]):
-            _draw_line(img, _clean(text[a:b]), rs.margin, rs.margin + i * lh, font, fg)
+        on_page = lines[p * per_page : (p + 1) * per_page]
+        for (a, b), (x0, y0, _, _) in zip(on_page, boxes):
+            _draw_line(img, _clean(text[a:b]), x0, y0, font, fg)
         pages.append(img)
+        page_lines.append(len(on_page))
     kept = text[cut:]
     return RenderResult(
         pages=pages,
@@ -359,6 +371,7 @@ def render_pages(text: str, rs: RenderSettings) -> RenderResult:
         cut_chars=cut,
         missing_glyphs=missing_glyphs(kept, font),
         n_lines=len(lines),
+        page_lines=page_lines,
     )
 
 

@@ -42,10 +42,10 @@ def plot(path: Path, table: list[dict], buckets: list[dict]) -> Path | None:
 
 def eval_report(table: list[dict], buckets: list[dict], m: dict, source: str | None) -> str:
     """The table `ocrmem evaluate` prints: one row per condition, compression, buckets."""
-    lines = [f"{'condition':<16}{'exact_match':>12}{'contains':>10}{'loss':>9}{'ppl':>10}{'mem tok':>9}{'n':>5}{'sec':>8}"]
+    lines = [f"{'condition':<24}{'exact_match':>12}{'contains':>10}{'loss':>9}{'ppl':>10}{'mem tok':>9}{'n':>5}{'sec':>8}"]
     for r in table:
         mem = r["memory_tokens"] if r["condition"] == "ocr_memory" else r["text_memory_tokens"]
-        lines.append(f"{r['condition']:<16}{fmt(r['exact_match']):>12}{fmt(r['contains']):>10}{fmt(r['loss']):>9}"
+        lines.append(f"{r['condition']:<24}{fmt(r['exact_match']):>12}{fmt(r['contains']):>10}{fmt(r['loss']):>9}"
                      f"{fmt(r['perplexity'], 2):>10}{fmt(mem, 1):>9}{r['n']:>5}{r['seconds']:>8.1f}")
     if "full_text.skipped" in m and m["full_text.skipped"]:
         lines.append(f"full_text skipped on {m['full_text.skipped']} examples over eval.full_text_max_tokens")

@@ -23,7 +23,7 @@ from ocrmem.model.registry import ENCODERS, PROJECTORS
 ENCODER_KINDS = tuple(ENCODERS)  # one source: the registry the builders look up
 PROJECTOR_KINDS = tuple(PROJECTORS)
 OBJECTIVES = ("qa", "reconstruct", "continue")
-CONDITIONS = ("no_memory", "truncated_text", "ocr_memory", "full_text")
+CONDITIONS = ("no_memory", "truncated_text", "truncated_text_trained", "ocr_memory", "full_text", "full_text_trained")
 
 
 class ConfigError(Exception):
@@ -64,7 +64,17 @@ class ModelSettings(Section):
     )
     projector: str = Field("linear", description=f"Projector kind, one of {PROJECTOR_KINDS}.")
     token_pool: int = Field(
-        1, gt=0, description="Pool k x k neighbouring page tokens before projecting: pages cost k^2 fewer tokens."
+        1, gt=0, description="The compression knob. Square-grid encoders: average k x k neighbouring page tokens "
+        "(pages cost k^2 fewer tokens). Line encoders (ppocr_rec): concatenate k consecutive frames of a line into "
+        "one memory token (a line costs k times fewer tokens).",
+    )
+    soft_prompt_tokens: int = Field(
+        0, ge=0, description="Trained vectors read right before the memory (a small task adapter, part of the "
+        "adapter). The trained text baselines get the same number, so conditions differ in the memory alone.",
+    )
+    recognizer_layer: Literal["neck", "backbone"] = Field(
+        "neck", description="ppocr_rec encoder: which recognizer features become tokens: the pre-CTC neck "
+        "(120 per frame, what the CTC head reads) or the backbone (384 per frame).",
     )
     trust_remote_code: bool = Field(False, description="Allow hub repos to run their own code. Off unless you need it.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of both models.")
@@ -97,6 +107,13 @@ class ModelSettings(Section):
                              "square grid): compress with render settings (smaller font, more text per line) instead")
         return self
 
+    @model_validator(mode="after")
+    def _recognizer_is_frozen(self) -> "ModelSettings":
+        if self.encoder == "ppocr_rec" and not self.encoder_frozen:
+            raise ValueError("model.encoder_frozen must be true with encoder ppocr_rec: it runs in onnxruntime, "
+                             "which has no gradients (its features are cached instead)")
+        return self
+
     @field_validator("projector")
     @classmethod
     def _projector_kind(cls, v: str) -> str:
@@ -127,7 +144,7 @@ class RenderSettings(Section):
 
 
 class SyntheticSettings(Section):
-    difficulty: Literal["easy", "medium", "hard", "prose"] = Field(
+    difficulty: Literal["easy", "medium", "hard", "prose", "lookup", "lookup_zh"] = Field(
         "easy", description="easy: key-value sheet, always the first row asked; medium: any row; hard: 16 rows, "
         "32 words; prose: facts hidden in prose (needs a real OCR encoder). See ocrmem.tasks.make_synthetic.",
     )
@@ -168,6 +185,11 @@ class TrainSettings(Section):
     logging_steps: int = Field(5, gt=0, description="Log every N steps.")
     save_steps: int = Field(20, gt=0, description="Checkpoint every N steps (resume point).")
     save_total_limit: int = Field(2, gt=0, description="Checkpoints kept.")
+    align_steps: int = Field(
+        0, ge=0, description="Projector alignment before the LLM-in-the-loop steps (ocrmem/align.py): regress memory "
+        "tokens onto the LLM embeddings of the text the recognizer reads in them. Needs encoder ppocr_rec (neck).",
+    )
+    align_learning_rate: float = Field(1e-3, gt=0, description="Learning rate of the alignment regression.")
     bf16: bool = Field(False, description="bf16 autocast (GPUs).")
     gradient_checkpointing: bool = Field(False, description="Checkpoint the frozen LLM (non-reentrant).")
     deepspeed: str | None = Field(None, description="DeepSpeed JSON (configs/ds_zero2.json, ds_zero3.json) or none.")
@@ -205,7 +227,10 @@ class TrainSettings(Section):
 
 
 class EvalSettings(Section):
-    conditions: list[str] = Field(default_factory=lambda: list(CONDITIONS), description=f"Subset of {CONDITIONS}.")
+    conditions: list[str] = Field(
+        default_factory=lambda: [c for c in CONDITIONS if not c.endswith("_trained")],
+        description=f"Subset of {CONDITIONS}. The *_trained ones need `ocrmem baselines` and model.soft_prompt_tokens.",
+    )
     batch_size: int = Field(8, gt=0, description="Examples per forward pass.")
     max_new_tokens: int = Field(8, gt=0, description="Greedy tokens generated per answer.")
     max_examples: int | None = Field(None, description="Evaluate at most this many eval examples (all if null).")
@@ -251,6 +276,16 @@ class Settings(BaseSettings):
         # init (tests) > environment > params.yaml > defaults
         return init_settings, env_settings, YamlConfigSettingsSource(settings_cls, deep_merge=True)
 
+    @model_validator(mode="after")
+    def _align_needs_a_reader(self) -> "Settings":
+        m = self.model
+        if self.train.align_steps and (m.encoder != "ppocr_rec" or m.recognizer_layer != "neck"
+                                       or not self.train.use_feature_cache):
+            raise ValueError("train.align_steps > 0 reads the cached recognizer features back through its CTC head: "
+                             "it needs model.encoder: ppocr_rec, model.recognizer_layer: neck and "
+                             "train.use_feature_cache: true (or set train.align_steps: 0)")
+        return self
+
     # -- derived paths, so every stage agrees on the layout --------------------------------
     @property
     def rendered_dir(self) -> Path:
@@ -292,7 +327,14 @@ def check_model_paths(s: Settings) -> None:
     """Refuse a local model path that is missing (called before any model is loaded)."""
     bad = []
     names = [("model.base_llm_model_name", s.model.base_llm_model_name)]
-    if s.model.encoder not in ("pixels", "pixel_lines"):
+    if s.model.encoder == "ppocr_rec":
+        from ocrmem.model.hub import resolve_onnx
+
+        try:
+            resolve_onnx(s.model.ocr_model_name)
+        except FileNotFoundError as e:
+            bad.append(str(e))
+    elif s.model.encoder not in ("pixels", "pixel_lines"):
         names.append(("model.ocr_model_name", s.model.ocr_model_name))
     for field, name in names:
         if is_local_path(name) and not Path(name).expanduser().exists():

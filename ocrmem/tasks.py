@@ -29,13 +29,50 @@ _FILLER_WORDS = (
     "weather", "train", "arrived", "late", "someone", "carried", "letters", "garden", "window", "evening",
 )  # fmt: skip
 
+KEYS_ZH = (
+    "苹果", "香蕉", "月亮", "星星", "河流", "高山", "森林", "大海",
+    "春天", "秋天", "火车", "飞机", "书本", "钢笔", "桌子", "窗户",
+)  # fmt: skip
+VOCAB_ZH = (
+    "红", "蓝", "绿", "黑", "白", "金", "银", "紫",
+    "猫", "狗", "马", "牛", "羊", "鸡", "鱼", "鸟",
+)  # fmt: skip
+
 DIFFICULTIES = {
     # rows, vocabulary, blank line between rows, which rows are asked about
     "easy": (8, VOCAB_16, True, "first"),
     "medium": (8, VOCAB_16, True, "any"),
     "hard": (16, VOCAB_32, False, "any"),
     "prose": (8, VOCAB_32, None, "any"),
+    "lookup": (8, VOCAB_16, None, "any"),
+    "lookup_zh": (8, VOCAB_ZH, None, "any"),
 }
+HELD_OUT = 4  # lookup levels: 1 in HELD_OUT (key, value) pairs is only ever asked in the eval split
+
+
+def held_out_pair(key: str, value: str) -> bool:
+    """The lookup levels' split of (key, value) pairs: eval asks only these, train never shows them."""
+    keys, vocab = (KEYS_ZH, VOCAB_ZH) if key in KEYS_ZH else (KEYS, VOCAB_16)
+    return (keys.index(key) + vocab.index(value)) % HELD_OUT == 0
+
+
+def _lookup_sheet(rng: random.Random, split: str, zh: bool) -> tuple[str, str, str, str]:
+    """(history, prompt, target, key) of one dense sheet: 8 of 16 keys in random order, written as
+    one flowing line of "key: value;" pairs, so neither the row nor the place of the asked pair is fixed."""
+    keys, vocab = (KEYS_ZH, VOCAB_ZH) if zh else (KEYS, VOCAB_16)
+    chosen = rng.sample(keys, 8)
+    q = rng.randrange(8)
+    values = []
+    for j, k in enumerate(chosen):
+        allowed = [v for v in vocab if held_out_pair(k, v) == (split == "eval" and j == q)]
+        values.append(rng.choice(allowed))
+    if zh:
+        history = "；".join(f"{k}：{v}" for k, v in zip(chosen, values)) + "。"
+        prompt = f"{chosen[q]}的值是什么？只回答一个词。"
+    else:
+        history = "; ".join(f"{k}: {v}" for k, v in zip(chosen, values)) + "."
+        prompt = f"What is the value of {chosen[q]}? Answer with one word."
+    return history, prompt, values[q], chosen[q]
 
 
 def _filler_sentence(rng: random.Random) -> str:
@@ -58,6 +95,11 @@ def make_synthetic(n: int, difficulty: str = "easy", seed: int = 0, split: str =
     hard:   16 rows, one per line, 32 words, any row.
     prose:  8 facts ("The code word for bravo is owl.") at random places in random filler prose:
             needs a real OCR encoder (deepseek_ocr2) and 1024px pages.
+    lookup: the default. 8 of 16 keys in random order on flowing lines ("kilo: owl; alpha: red;
+            ..."), any key asked: the memory must be read, not a fixed place on the page. The
+            (key, value) pair asked in eval never appears in any training sheet (`held_out_pair`),
+            so a projector cannot memorise answers.
+    lookup_zh: the same in Chinese (16 two-character keys, 16 one-character values).
     Chance without memory: 1/16 (easy, medium), 1/32 (hard, prose). train and eval use disjoint
     seeded streams (seed*2 and seed*2+1); the same arguments always give the same examples.
     """
@@ -72,6 +114,11 @@ def make_synthetic(n: int, difficulty: str = "easy", seed: int = 0, split: str =
     for i in range(n):
         values = [rng.choice(vocab) for _ in keys]
         q = 0 if asked == "first" else rng.randrange(n_rows)
+        if difficulty.startswith("lookup"):
+            history, prompt, target, key = _lookup_sheet(rng, split, difficulty == "lookup_zh")
+            out.append(Example(id=f"syn-{difficulty}-{split}-{i:06d}", history=history, prompt=prompt, target=target,
+                               meta={"key": key, "difficulty": difficulty, "vocab_size": len(vocab)}))
+            continue
         if difficulty == "prose":
             facts = [f"The code word for {k} is {v}." for k, v in zip(keys, values)]
             order = list(range(n_rows))

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
+from ocrmem.align import align
 from ocrmem.dataset import TrainingInputs, first_batch, training_inputs
 from ocrmem.gradcheck import GradientFlowError, check_gradient_flow
 from ocrmem.io import write_json
@@ -201,10 +202,13 @@ def train(settings: Settings, model: OcrMemModel | None = None, resume: bool = T
     report_to = trainer_report_to(settings)  # first: a missing WandB key stops before anything loads
     t = training_inputs(settings, model)
     counts = _print_counts(t.model)
-    trainer = _make_trainer(settings, t, report_to, callbacks)
-    before = heldout_loss(t.model, t.eval, trainer.data_collator, settings.eval.batch_size)
     out_dir = settings.train.output_dir
     last = get_last_checkpoint(out_dir) if resume and os.path.isdir(out_dir) else None
+    aligned = {}
+    if settings.train.align_steps and not last:  # a resumed run restores the aligned projector instead
+        aligned = align(settings, t.model, t.train.rows, t.train.pages)
+    trainer = _make_trainer(settings, t, report_to, callbacks)
+    before = heldout_loss(t.model, t.eval, trainer.data_collator, settings.eval.batch_size)
     if last:
         print0(f"resuming from {last}")
     t0 = time.time()
@@ -219,7 +223,7 @@ def train(settings: Settings, model: OcrMemModel | None = None, resume: bool = T
         "samples_per_second": round(result.metrics.get("train_samples_per_second", 0.0), 3),
         "train_seconds": round(seconds, 1), "trainable_parameters": counts["trainable"],
         "total_parameters": counts["total"], "eval_loss_before": round(before, 5), "eval_loss_after": round(after, 5),
-        "resumed_from": last,
+        "resumed_from": last, **{k: round(v, 5) for k, v in aligned.items()},
     }
     if trainer.is_world_process_zero() and metrics_path:
         write_json(metrics_path, metrics)

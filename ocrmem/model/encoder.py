@@ -21,6 +21,7 @@ from PIL import Image
 from torch import nn
 
 from ocrmem.model.hub import hub_kwargs, resolve_file
+from ocrmem.model.projector import pooled_tokens
 from ocrmem.model.registry import ENCODERS, lookup
 from ocrmem.settings import ModelSettings, RenderSettings, Settings
 
@@ -307,8 +308,16 @@ def build_encoder(ms: ModelSettings, rs: RenderSettings) -> FrozenEncoder:
 
 
 def tokens_per_page(s: Settings) -> int:
-    """LLM memory tokens one page costs, without loading weights: encoder tokens after k x k pooling."""
-    n = lookup(ENCODERS, s.model.encoder, "encoder").page_tokens(s.model, s.render)
-    side = math.isqrt(n)
-    k = s.model.token_pool
-    return n // (k * k) if side * side == n and side % k == 0 else math.ceil(n / (k * k))
+    """LLM memory tokens one page costs, without loading weights: encoder tokens after pooling."""
+    cls = lookup(ENCODERS, s.model.encoder, "encoder")
+    return pooled_tokens(cls.page_tokens(s.model, s.render), s.model.token_pool, getattr(cls, "grid", "square"))
+
+
+def tokens_per_line(s: Settings) -> int | None:
+    """Memory tokens one drawn line costs for line encoders (blank lines cost nothing); None otherwise."""
+    cls = lookup(ENCODERS, s.model.encoder, "encoder")
+    if getattr(cls, "grid", "square") != "line":
+        return None
+    from ocrmem.render import lines_per_page
+
+    return tokens_per_page(s) // lines_per_page(s.render)

@@ -3,9 +3,12 @@ single files of a checkpoint, and the base LLM's tokenizer (light: no model is b
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from ocrmem.settings import ModelSettings, is_local_path
+
+RAPIDOCR = "rapidocr:"  # names a model file shipped inside the rapidocr wheel
 
 
 def hub_kwargs(ms: ModelSettings, llm: bool = False) -> dict:
@@ -38,3 +41,18 @@ def load_tokenizer(ms: ModelSettings):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def resolve_onnx(name: str) -> Path:
+    """The ONNX file that `model.ocr_model_name` names; FileNotFoundError says how to get it."""
+    if name.startswith(RAPIDOCR):
+        spec = importlib.util.find_spec("rapidocr")  # find only: importing rapidocr pulls OpenCV
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(f"model.ocr_model_name={name!r} needs the rapidocr wheel: "
+                                    "pip install --no-deps rapidocr==3.10.0 (scripts/setup.sh does)")
+        path = Path(spec.submodule_search_locations[0]) / "models" / f"{name[len(RAPIDOCR):]}.onnx"
+    else:
+        path = Path(name).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"model.ocr_model_name={name!r}: no ONNX recognizer at {path}")
+    return path

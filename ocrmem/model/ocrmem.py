@@ -26,7 +26,7 @@ from torch import nn
 from ocrmem.io import write_json
 from ocrmem.model.encoder import DTYPES, FrozenEncoder, build_encoder
 from ocrmem.model.hub import hub_kwargs, load_tokenizer
-from ocrmem.model.projector import Projector, build_projector
+from ocrmem.model.projector import Projector, build_projector, pooled_tokens
 from ocrmem.settings import ModelSettings, Settings
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -64,10 +64,25 @@ def _cache_of(out):
     return getattr(out, "cache", None) or out.past_key_values
 
 
-class OcrMemModel(nn.Module):
-    def __init__(self, encoder: FrozenEncoder, projector: Projector, llm: nn.Module, settings: Settings, tokenizer=None):
+class SoftPrompt(nn.Module):
+    """`n` trained vectors the LLM reads right before the memory (OCR or text alike): the small task
+    adapter that every trained condition gets, so OCR memory and the trained text baselines differ in
+    the memory alone (issue 10). Starts as the embeddings of `n` seeded random vocabulary tokens."""
+
+    def __init__(self, n: int, embeddings: torch.Tensor):
         super().__init__()
-        self.encoder, self.projector, self.llm = encoder, projector, llm
+        pick = torch.randint(0, embeddings.shape[0], (n,))
+        self.vectors = nn.Parameter(embeddings[pick].detach().clone().float())
+
+    def forward(self) -> torch.Tensor:
+        return self.vectors
+
+
+class OcrMemModel(nn.Module):
+    def __init__(self, encoder: FrozenEncoder, projector: Projector, llm: nn.Module, settings: Settings, tokenizer=None,
+                 soft_prompt: SoftPrompt | None = None):
+        super().__init__()
+        self.encoder, self.projector, self.llm, self.soft_prompt = encoder, projector, llm, soft_prompt
         self.tokenizer = tokenizer
         self.settings = settings
         params = inspect.signature(llm.forward).parameters
@@ -86,9 +101,11 @@ class OcrMemModel(nn.Module):
         torch.manual_seed(settings.train.seed)
         projector = build_projector(
             settings.model.projector, encoder.out_dim, emb.shape[1], settings.model.token_pool,
-            out_scale=float(emb.float().std()),
+            out_scale=float(emb.float().std()), grid=getattr(encoder.encoder, "grid", "square"),
         )
-        return cls(encoder, projector, llm, settings, tokenizer)
+        n_soft = settings.model.soft_prompt_tokens
+        soft = SoftPrompt(n_soft, emb) if n_soft else None
+        return cls(encoder, projector, llm, settings, tokenizer, soft)
 
     @classmethod
     def from_pretrained(cls, adapter_dir: str | Path, **model_overrides) -> "OcrMemModel":
@@ -175,8 +192,20 @@ class OcrMemModel(nn.Module):
 
     @property
     def memory_tokens_per_page(self) -> int:
-        k = self.projector.pool.k
-        return self.encoder.tokens_per_page // (k * k)
+        return pooled_tokens(self.encoder.tokens_per_page, self.projector.pool.k,
+                             getattr(self.encoder.encoder, "grid", "square"))
+
+    @property
+    def memory_tokens_per_line(self) -> int | None:
+        """Memory tokens of one text line for line encoders (a page costs only its drawn lines), else None."""
+        if getattr(self.encoder.encoder, "grid", "square") != "line":
+            return None
+        return self.memory_tokens_per_page // len(self.encoder.encoder.boxes)
+
+    def page_memory_tokens(self, page_lines) -> list[int]:
+        """Memory tokens each page contributes, given the lines drawn on it (manifest `page_lines`)."""
+        per_line = self.memory_tokens_per_line
+        return [self.memory_tokens_per_page if per_line is None else int(n) * per_line for n in page_lines]
 
     @property
     def device(self) -> torch.device:
@@ -195,47 +224,57 @@ class OcrMemModel(nn.Module):
             features = self.encode_pages(pixel_values)
         return self.projector(features.to(self.device))
 
-    def build_inputs(self, input_ids, attention_mask, labels=None, page_counts=None, memory=None, memory_pos=None):
-        """Insert each sample's memory into its text at memory_pos (default: in front), left-pad the
-        batch; labels are -100 on memory and padding."""
-        embed = self.llm.get_input_embeddings()
-        text = embed(input_ids)
-        bsz = input_ids.shape[0]
-        if page_counts is None or memory is None:
-            page_counts = torch.zeros(bsz, dtype=torch.long)
-        counts = [int(c) for c in page_counts]
-        mem_tok = memory.shape[1] if memory is not None else 0
-        mem = memory.reshape(-1, memory.shape[-1]) if memory is not None else None
+    def build_inputs(self, input_ids, attention_mask, labels=None, page_counts=None, memory=None, memory_pos=None,
+                     page_lines=None):
+        """Insert each sample's soft prompt and memory into its text at memory_pos (default: in front;
+        -1: the sample has no memory slot, so no soft prompt either), left-pad the batch; labels are
+        -100 on them and on padding. `page_lines` [P] (line encoders) keeps only the tokens of each
+        page's drawn lines: blank lines cost nothing."""
+        text = self.llm.get_input_embeddings()(input_ids)
+        bsz, hid = input_ids.shape[0], text.shape[-1]
+        mems = self._split_memory(memory, page_counts, page_lines, bsz, text)
+        soft = self.soft_prompt().to(text.dtype) if self.soft_prompt is not None and memory_pos is not None else None
         lengths = attention_mask.sum(1).tolist()
-        where = [0] * bsz if memory_pos is None else [int(p) for p in memory_pos]
-        total = [counts[i] * mem_tok + lengths[i] for i in range(bsz)]
-        seq, hid = max(total), text.shape[-1]
+        where = [0] * bsz if memory_pos is None else [int(p) for p in memory_pos]  # -1: no memory slot
+        inserts = [m if soft is None or where[i] < 0 else torch.cat([soft, m]) for i, m in enumerate(mems)]
+        where = [max(0, w) for w in where]
+        total = [len(inserts[i]) + lengths[i] for i in range(bsz)]
+        seq = max(total)
         embeds, mask, lab = [], torch.zeros(bsz, seq, dtype=torch.long, device=text.device), None
         if labels is not None:
             lab = torch.full((bsz, seq), -100, dtype=torch.long, device=text.device)
-        start = 0
         for i in range(bsz):
-            n_mem, k, pad = counts[i] * mem_tok, where[i], seq - total[i]
-            m = mem[start:start + n_mem].to(text.dtype) if n_mem else text.new_zeros(0, hid)
-            start += n_mem
+            n_ins, k, pad = len(inserts[i]), where[i], seq - total[i]
             t = text[i, : lengths[i]]
-            embeds.append(torch.cat([text.new_zeros(pad, hid), t[:k], m, t[k:]]))
+            embeds.append(torch.cat([text.new_zeros(pad, hid), t[:k], inserts[i], t[k:]]))
             mask[i, pad:] = 1
             if labels is not None:
                 lab[i, pad:pad + k] = labels[i, :k]
-                lab[i, pad + k + n_mem:] = labels[i, k:lengths[i]]
-        inputs_embeds = torch.stack(embeds)
+                lab[i, pad + k + n_ins:] = labels[i, k:lengths[i]]
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        mem_counts = torch.tensor([c * mem_tok for c in counts], device=text.device)
-        return inputs_embeds, mask, position_ids, lab, mem_counts
+        mem_counts = torch.tensor([len(m) for m in mems], device=text.device)
+        return torch.stack(embeds), mask, position_ids, lab, mem_counts
+
+    def _split_memory(self, memory, page_counts, page_lines, bsz: int, text) -> list[torch.Tensor]:
+        """Each sample's memory tokens [n_i, hidden]: its pages' tokens, in order."""
+        if memory is None or page_counts is None:
+            return [text.new_zeros(0, text.shape[-1])] * bsz
+        keep = (self.page_memory_tokens(page_lines.tolist()) if page_lines is not None
+                else [memory.shape[1]] * memory.shape[0])
+        pages = [memory[p, :keep[p]].to(text.dtype) for p in range(memory.shape[0])]
+        out, start = [], 0
+        for c in page_counts.tolist():
+            out.append(torch.cat(pages[start:start + c]) if c else text.new_zeros(0, text.shape[-1]))
+            start += c
+        return out
 
     def forward(self, input_ids, attention_mask, labels=None, page_counts=None, pixel_values=None, features=None,
-                memory_pos=None, num_items_in_batch=None, **_ignored) -> OcrMemOutput:
+                memory_pos=None, page_lines=None, num_items_in_batch=None, **_ignored) -> OcrMemOutput:
         memory = None
         if page_counts is not None and int(page_counts.sum()) > 0:
             memory = self.embed_memory(pixel_values=pixel_values, features=features)
         embeds, mask, pos, lab, mem_counts = self.build_inputs(input_ids, attention_mask, labels, page_counts, memory,
-                                                               memory_pos)
+                                                               memory_pos, page_lines)
         if lab is None:
             out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False)
             return OcrMemOutput(None, out.logits, memory_tokens=mem_counts)
@@ -259,13 +298,14 @@ class OcrMemModel(nn.Module):
     # -- generation -------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, page_counts=None, pixel_values=None, features=None,
-                 memory_pos=None, max_new_tokens: int = 16, eos_token_id: int | list[int] | None = None,
+                 memory_pos=None, page_lines=None, max_new_tokens: int = 16, eos_token_id: int | list[int] | None = None,
                  **_ignored) -> torch.Tensor:
         """Greedy decoding with a KV cache; returns the new token ids [B, <=max_new_tokens]."""
         memory = None
         if page_counts is not None and int(page_counts.sum()) > 0:
             memory = self.embed_memory(pixel_values=pixel_values, features=features)
-        embeds, mask, pos, _, _ = self.build_inputs(input_ids, attention_mask, None, page_counts, memory, memory_pos)
+        embeds, mask, pos, _, _ = self.build_inputs(input_ids, attention_mask, None, page_counts, memory, memory_pos,
+                                                    page_lines)
         if eos_token_id is None and self.tokenizer is not None:
             eos_token_id = self.tokenizer.eos_token_id
         eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []), device=embeds.device)

@@ -1,7 +1,9 @@
 """The projector: the only trained part. Encoder features -> LLM embedding space.
 
-`token_pool=k` averages k x k neighbouring page tokens first (the encoders' tokens lie on a square
-grid), so a page costs k^2 fewer LLM tokens: the compression knob (256 -> 64 with k=2).
+`token_pool=k` is the compression knob. On a square token grid (vision towers, pixel patches) it
+averages k x k neighbouring tokens, so a page costs k^2 fewer LLM tokens (256 -> 64 with k=2). Along
+text lines (the ppocr_rec recognizer's frames) it concatenates k consecutive frames, keeping their
+order (which character comes first), so a line costs k times fewer tokens.
 """
 
 from __future__ import annotations
@@ -32,6 +34,31 @@ class TokenPool(nn.Module):
         return nn.functional.avg_pool2d(grid, self.k).flatten(2).transpose(1, 2)
 
 
+class FramePool(nn.Module):
+    """Concatenate k consecutive tokens of a line: [P, n, d] -> [P, n/k, k*d] (n is a multiple of k)."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p, n, d = x.shape
+        if n % self.k:
+            raise ValueError(f"model.token_pool={self.k} must divide the {n} frames of a page's lines")
+        return x.reshape(p, n // self.k, self.k * d)
+
+
+POOLS = {"square": TokenPool, "line": FramePool}
+
+
+def pooled_tokens(n: int, k: int, grid: str = "square") -> int:
+    """Memory tokens of a page whose encoder gives `n` tokens on `grid`, after pooling by k."""
+    if grid == "line":
+        return n // k
+    side = math.isqrt(n)
+    return n // (k * k) if side * side == n and side % k == 0 else math.ceil(n / (k * k))
+
+
 # The projector kinds (registered in ocrmem/model/registry.py): (in_dim, out_dim) -> module.
 def linear(in_dim: int, out_dim: int) -> nn.Module:
     return nn.Linear(in_dim, out_dim)
@@ -42,11 +69,14 @@ def mlp2x_gelu(in_dim: int, out_dim: int) -> nn.Module:
 
 
 class Projector(nn.Module):
-    def __init__(self, kind: str, in_dim: int, out_dim: int, token_pool: int = 1, out_scale: float = 1.0):
+    def __init__(self, kind: str, in_dim: int, out_dim: int, token_pool: int = 1, out_scale: float = 1.0,
+                 grid: str = "square"):
         super().__init__()
         net = lookup(PROJECTORS, kind, "projector")
+        self.pool = POOLS[grid](token_pool)
+        if grid == "line":
+            in_dim *= token_pool  # concatenated frames
         self.in_dim, self.out_dim = in_dim, out_dim  # plain ints: ZeRO-3 empties the weights' shapes
-        self.pool = TokenPool(token_pool)
         # LayerNorm puts pixel ink, SAM and SigLIP features on one scale: one learning rate fits all.
         self.norm = nn.LayerNorm(in_dim)
         self.net = net(in_dim, out_dim)
@@ -58,5 +88,6 @@ class Projector(nn.Module):
         return self.net(self.norm(x)) * self.out_scale
 
 
-def build_projector(kind: str, in_dim: int, out_dim: int, token_pool: int = 1, out_scale: float = 1.0) -> Projector:
-    return Projector(kind, in_dim, out_dim, token_pool, out_scale)
+def build_projector(kind: str, in_dim: int, out_dim: int, token_pool: int = 1, out_scale: float = 1.0,
+                    grid: str = "square") -> Projector:
+    return Projector(kind, in_dim, out_dim, token_pool, out_scale, grid)

@@ -17,6 +17,7 @@ ENCODERS = {
     "pixel_lines": "ocrmem.model.encoder:PixelLineEncoder",
     "deepseek_ocr2": "ocrmem.model.encoder:DeepseekOcr2Encoder",
     "hf_vision": "ocrmem.model.encoder:HFVisionEncoder",
+    "ppocr_rec": "ocrmem.model.recognizer:LineRecognizerEncoder",
 }
 PROJECTORS = {
     "linear": "ocrmem.model.projector:linear",
