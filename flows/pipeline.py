@@ -30,7 +30,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-STAGES = ("validate", "standins", "render", "encode", "gradcheck", "train", "evaluate")
+STAGES = ("validate", "standins", "render", "encode", "gradcheck", "train", "baselines", "evaluate")
 TABLE = ("exact_match", "contains", "loss", "perplexity", "n")
 
 
@@ -95,6 +95,12 @@ def train() -> dict:
     return _json("metrics/train.json")
 
 
+@task(name="baselines", **STAGE)
+def baselines() -> dict:
+    dvc_repro("baselines")
+    return _json("metrics/baselines.json")
+
+
 @task(name="evaluate", **STAGE)
 def evaluate() -> dict:
     dvc_repro("evaluate")
@@ -102,7 +108,7 @@ def evaluate() -> dict:
 
 
 TASKS = {"validate": validate, "standins": standins, "render": render, "encode": encode, "gradcheck": gradcheck,
-         "train": train, "evaluate": evaluate}
+         "train": train, "baselines": baselines, "evaluate": evaluate}
 
 
 def publish_eval(metrics: dict) -> list[dict]:
@@ -139,7 +145,7 @@ def _in_repo(workdir: str | None, group: str):
 
 @flow(name="ocrmem-pipeline", log_prints=True)
 def ocrmem_pipeline(workdir: str | None = None, stop_after: str | None = None) -> dict:
-    """validate -> standins -> render -> encode -> gradcheck -> train -> evaluate (dvc.yaml's stages).
+    """validate -> standins -> render -> encode -> gradcheck -> train -> baselines -> evaluate (dvc.yaml's stages).
 
     workdir: the repo root to run in (default: the current directory); stop_after: last stage to run.
     """

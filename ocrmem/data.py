@@ -35,9 +35,8 @@ from ocrmem.sources import SPLITS, Example, read_jsonl, read_text_corpus, unique
 from ocrmem.tasks import make_synthetic
 
 MANIFEST_FIELDS = (
-    "id", "history", "prompt", "target", "continuation", "meta",
-    "pages", "sha256", "history_chars", "kept_chars", "cut_chars", "missing_glyphs",
-    "text_tokens", "kept_text_tokens", "vision_tokens", "compression", "page_lines",
+    "id", "history", "prompt", "target", "continuation", "meta", "pages", "sha256", "history_chars", "kept_chars",
+    "cut_chars", "missing_glyphs", "text_tokens", "kept_text_tokens", "vision_tokens", "compression", "page_lines",
 )  # fmt: skip
 
 
@@ -89,9 +88,8 @@ def fingerprint(rs: RenderSettings, examples: Sequence[Example], tokenizer=None,
                 tokens_per_line=None) -> str:
     h = hashlib.sha256()
     tok_name = None if tokenizer is None else getattr(tokenizer, "name_or_path", type(tokenizer).__name__)
-    head = {"render": _render_key(rs), "tokenizer": tok_name, "tokens_per_page": tokens_per_page}
-    if tokens_per_line:
-        head["tokens_per_line"] = tokens_per_line
+    head = {"render": _render_key(rs), "tokenizer": tok_name, "tokens_per_page": tokens_per_page,
+            **({"tokens_per_line": tokens_per_line} if tokens_per_line else {})}  # old fingerprints stay valid
     h.update(json.dumps(head, sort_keys=True).encode())
     for ex in examples:
         h.update(json.dumps(asdict(ex), sort_keys=True, ensure_ascii=False, default=str).encode())
@@ -273,9 +271,9 @@ def _token_counts(tokenizer, examples: list[Example], done: dict) -> tuple[list,
 
 def _manifest_row(ex: Example, r: dict, split: str, tt: int | None, kt: int | None, tokens_per_page,
                   tokens_per_line: int | None = None) -> dict:
-    vis = len(r["files"]) * tokens_per_page if tokens_per_page else None
-    if tokens_per_line:  # line encoders: a page costs only the lines drawn on it
-        vis = sum(r["page_lines"]) * tokens_per_line
+    # line encoders: a page costs only the lines drawn on it
+    vis = sum(r["page_lines"]) * tokens_per_line if tokens_per_line else (
+        len(r["files"]) * tokens_per_page if tokens_per_page else None)
     return {
         "id": ex.id, "history": ex.history, "prompt": ex.prompt, "target": ex.target,
         "continuation": ex.continuation, "meta": ex.meta,

@@ -108,40 +108,35 @@ def make_synthetic(n: int, difficulty: str = "easy", seed: int = 0, split: str =
     if split not in SPLITS:
         raise ValueError(f"split {split!r}: use one of {', '.join(SPLITS)}")
     rng = random.Random(seed * 2 + SPLITS.index(split))
+    make = _lookup_example if difficulty.startswith("lookup") else _sheet_example
+    return [make(rng, difficulty, split, i) for i in range(n)]
+
+
+def _lookup_example(rng: random.Random, difficulty: str, split: str, i: int) -> Example:
+    history, prompt, target, key = _lookup_sheet(rng, split, difficulty == "lookup_zh")
+    return Example(id=f"syn-{difficulty}-{split}-{i:06d}", history=history, prompt=prompt, target=target,
+                   meta={"key": key, "difficulty": difficulty, "vocab_size": len(DIFFICULTIES[difficulty][1])})
+
+
+def _sheet_example(rng: random.Random, difficulty: str, split: str, i: int) -> Example:
+    """easy, medium, hard (a key-value sheet, one row per line) and prose (facts inside filler prose)."""
     n_rows, vocab, spaced, asked = DIFFICULTIES[difficulty]
     keys = KEYS[:n_rows]
-    out = []
-    for i in range(n):
-        values = [rng.choice(vocab) for _ in keys]
-        q = 0 if asked == "first" else rng.randrange(n_rows)
-        if difficulty.startswith("lookup"):
-            history, prompt, target, key = _lookup_sheet(rng, split, difficulty == "lookup_zh")
-            out.append(Example(id=f"syn-{difficulty}-{split}-{i:06d}", history=history, prompt=prompt, target=target,
-                               meta={"key": key, "difficulty": difficulty, "vocab_size": len(vocab)}))
-            continue
-        if difficulty == "prose":
-            facts = [f"The code word for {k} is {v}." for k, v in zip(keys, values)]
-            order = list(range(n_rows))
-            rng.shuffle(order)
-            sentences = [_filler_sentence(rng) for _ in range(2 * n_rows)]
-            for j in order:  # each fact at a random place in the prose
-                sentences.insert(rng.randrange(len(sentences) + 1), facts[j])
-            history = " ".join(sentences)
-            prompt = f"What is the code word for {keys[q]}? Answer with one word."
-            continuation = None
-        else:
-            rows = [f"{k}: {v}" for k, v in zip(keys, values)]
-            history = ("\n\n" if spaced else "\n").join(rows)
-            prompt = f"What is the value of {keys[q]}? Answer with one word."
-            continuation = None  # the sheet is complete: nothing follows it
-        out.append(
-            Example(
-                id=f"syn-{difficulty}-{split}-{i:06d}",
-                history=history,
-                prompt=prompt,
-                target=values[q],
-                continuation=continuation,
-                meta={"key": keys[q], "difficulty": difficulty, "row": q, "vocab_size": len(vocab)},
-            )
-        )
-    return out
+    values = [rng.choice(vocab) for _ in keys]
+    q = 0 if asked == "first" else rng.randrange(n_rows)
+    if difficulty == "prose":
+        facts = [f"The code word for {k} is {v}." for k, v in zip(keys, values)]
+        order = list(range(n_rows))
+        rng.shuffle(order)
+        sentences = [_filler_sentence(rng) for _ in range(2 * n_rows)]
+        for j in order:  # each fact at a random place in the prose
+            sentences.insert(rng.randrange(len(sentences) + 1), facts[j])
+        history = " ".join(sentences)
+        prompt = f"What is the code word for {keys[q]}? Answer with one word."
+    else:
+        history = ("\n\n" if spaced else "\n").join(f"{k}: {v}" for k, v in zip(keys, values))
+        prompt = f"What is the value of {keys[q]}? Answer with one word."
+    # continuation None: the sheet is complete, nothing follows it
+    return Example(id=f"syn-{difficulty}-{split}-{i:06d}", history=history, prompt=prompt, target=values[q],
+                   continuation=None, meta={"key": keys[q], "difficulty": difficulty, "row": q,
+                                            "vocab_size": len(vocab)})

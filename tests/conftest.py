@@ -69,11 +69,13 @@ def pipeline(make_settings):
     from ocrmem.data import render_dataset
     from ocrmem.features import encode
     from ocrmem.model import tokens_per_page
+    from ocrmem.model.encoder import tokens_per_line
 
     def build(**sections):
         s = make_settings(**sections)
         tok = AutoTokenizer.from_pretrained(s.model.base_llm_model_name)
-        render_dataset(s, tokenizer=tok, tokens_per_page=tokens_per_page(s), progress=False)
+        render_dataset(s, tokenizer=tok, tokens_per_page=tokens_per_page(s), tokens_per_line=tokens_per_line(s),
+                       progress=False)
         if s.model.encoder_frozen:
             encode(s, progress=False)
         return s

@@ -19,7 +19,7 @@ from ocrmem.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests/data/params.tiny.yaml"
-STAGES = ["validate", "standins", "render", "encode", "gradcheck", "train", "evaluate"]
+STAGES = ["validate", "standins", "render", "encode", "gradcheck", "train", "baselines", "evaluate"]
 
 
 def dvc_stages() -> dict:
@@ -107,11 +107,12 @@ def _covers(params: list[str], key: str) -> bool:
 
 
 def test_a_param_reruns_only_the_stages_that_read_it():
-    """train.learning_rate is read by train only (validate checks every section); render.font_size by
+    """train.learning_rate is read by train and by the text baselines it is matched with (validate checks
+    every section); render.font_size by
     render and everything downstream of the pages, never by standins."""
     st = dvc_stages()
     lr = {name for name, s in st.items() if _covers(names(s.get("params")), "train.learning_rate")}
-    assert lr == {"validate", "train"}
+    assert lr == {"validate", "train", "baselines"}
     font = {name for name, s in st.items() if _covers(names(s.get("params")), "render.font_size")}
     assert font == set(STAGES) - {"standins"}
     for name, s in st.items():  # a section listed whole is not also listed key by key
@@ -121,7 +122,7 @@ def test_a_param_reruns_only_the_stages_that_read_it():
 
 STAGE_MODULES = {"validate": "ocrmem.settings", "standins": "ocrmem.standins", "render": "ocrmem.data",
                  "encode": "ocrmem.features", "gradcheck": "ocrmem.gradcheck", "train": "ocrmem.trainer",
-                 "evaluate": "ocrmem.evaluate"}
+                 "baselines": "ocrmem.baselines", "evaluate": "ocrmem.evaluate"}
 
 
 @pytest.mark.parametrize("stage", STAGES)

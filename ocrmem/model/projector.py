@@ -84,8 +84,11 @@ class Projector(nn.Module):
         self.register_buffer("out_scale", torch.tensor(float(out_scale)), persistent=False)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        x = self.pool(features.to(self.norm.weight.dtype))
-        return self.net(self.norm(x)) * self.out_scale
+        return self.project(self.pool(features.to(self.norm.weight.dtype)))
+
+    def project(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pooled features [..., in_dim] -> memory embeddings [..., out_dim] (the trained map)."""
+        return self.net(self.norm(pooled)) * self.out_scale
 
 
 def build_projector(kind: str, in_dim: int, out_dim: int, token_pool: int = 1, out_scale: float = 1.0,

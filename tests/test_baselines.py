@@ -1,0 +1,33 @@
+"""Trained text baselines: the same soft-prompt budget as OCR memory, trained on text; nothing else moves."""
+
+from __future__ import annotations
+
+import torch
+
+CONDS = ["no_memory", "truncated_text", "truncated_text_trained", "ocr_memory", "full_text", "full_text_trained"]
+
+
+def test_text_baselines_train_only_their_soft_prompt_and_are_evaluated(pipeline, tmp_path, monkeypatch):
+    from ocrmem.baselines import baselines, load_soft_prompt, train_text_baseline, with_budgets
+    from ocrmem.data import read_manifest
+    from ocrmem.evaluate import evaluate
+    from ocrmem.model.ocrmem import OcrMemModel
+    from ocrmem.trainer import train
+
+    monkeypatch.chdir(tmp_path)
+    s = pipeline(model={"soft_prompt_tokens": 2}, eval={"conditions": CONDS})
+    model = OcrMemModel.build(s)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    rows = with_budgets(model, read_manifest(s, "train"))
+    assert all(r["memory_tokens"] == model.memory_tokens_per_page for r in rows)  # one page each
+    train_text_baseline(s, model, rows, "truncated_text_trained")
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved == {"soft_prompt.vectors"}
+    torch.testing.assert_close(load_soft_prompt(s, "truncated_text_trained"), model.soft_prompt.vectors.detach())
+
+    figures = baselines(s)
+    assert figures["conditions"] == ["truncated_text_trained", "full_text_trained"]
+    train(s, metrics_path=None)
+    metrics = evaluate(s, progress=False)
+    for c in CONDS:
+        assert f"{c}.exact_match" in metrics

@@ -1,0 +1,117 @@
+"""The real OCR encoder (PP-OCRv6 small recognizer from the rapidocr wheel): it reads, its features
+are cached faithfully, blank lines cost no memory, and the alignment reads the features back."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ocrmem.render import layout, render_pages
+from ocrmem.scoring import char_precision
+import yaml
+
+from ocrmem.settings import ConfigError, ModelSettings, RenderSettings, check_model_paths, load_settings
+
+REC = {"encoder": "ppocr_rec", "ocr_model_name": "rapidocr:PP-OCRv6_rec_small", "token_pool": 16}
+LATIN = ["kilo: owl; alpha: red; bravo: pig; lima: gray;", "The quick brown fox jumps over 13 lazy dogs."]
+CJK = ["北京的天气很好，我们明天去公园。", "记忆：苹果的值是红。"]
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    from ocrmem.model.recognizer import LineRecognizerEncoder
+
+    return LineRecognizerEncoder.from_settings(ModelSettings(**REC), RenderSettings())
+
+
+def cer(read: list[str], truth: list[str]) -> float:
+    return 1 - sum(char_precision(r, t) * len(t) for r, t in zip(read, truth)) / sum(len(t) for t in truth)
+
+
+@pytest.mark.parametrize("lines", [LATIN, CJK, LATIN[:1] + CJK[:1]], ids=["latin", "cjk", "mixed"])
+def test_greedy_ctc_reads_rendered_lines(encoder, lines):
+    text, rs = "\n".join(lines), RenderSettings()
+    res = render_pages(text, rs)
+    drawn = [text[a:b].strip() for a, b in layout(text, rs)[0]]  # as wrapped on the page
+    read = encoder.read_lines(encoder.preprocess(res.pages))[0][: res.page_lines[0]]
+    assert len(read) == len(drawn) and cer(read, drawn) <= 0.01, read
+
+
+def test_features_do_not_depend_on_the_batch(encoder):
+    pages = [render_pages(t, RenderSettings()).pages[0] for t in LATIN + CJK]
+    together = encoder(encoder.preprocess(pages))
+    alone = torch.cat([encoder(encoder.preprocess([p])) for p in pages])
+    assert together.shape == (4, encoder.tokens_per_page, 120)
+    torch.testing.assert_close(together, alone, atol=1e-4, rtol=1e-4)
+
+
+def test_cached_features_equal_on_the_fly(pipeline):
+    from ocrmem.data import read_manifest
+    from ocrmem.dataset import PixelPages
+    from ocrmem.features import FeatureCache, cache_fingerprint
+    from ocrmem.model import build_encoder
+
+    s = pipeline(model=REC, render={"page_size": 256, "font_size": 16, "margin": 8},
+                 data={"synthetic": {"difficulty": "lookup", "n_train": 4, "n_eval": 2}})
+    enc = build_encoder(s.model, s.render)
+    cache = FeatureCache(s.features_dir, cache_fingerprint(enc, s))
+    rows = read_manifest(s, "eval")
+    pixels = PixelPages(s.rendered_dir, enc)
+    for r in rows:
+        torch.testing.assert_close(cache.get(r["sha256"]), enc(pixels(r)), atol=1e-4, rtol=1e-4)
+        assert r["vision_tokens"] == sum(r["page_lines"]) * (enc.tokens_per_page // 16 // len(enc.encoder.boxes))
+
+
+def test_blank_lines_cost_no_memory(make_settings):
+    """A page's undrawn lines are dropped: changing their features changes nothing."""
+    from ocrmem.model.ocrmem import OcrMemModel
+
+    s = make_settings(model={**REC, "soft_prompt_tokens": 2})
+    model = OcrMemModel.build(s).eval()
+    per_line = model.memory_tokens_per_line
+    assert per_line == model.memory_tokens_per_page // len(model.encoder.encoder.boxes) > 0
+    feats = torch.randn(2, model.encoder.tokens_per_page, 120)
+    batch = {"input_ids": torch.tensor([[1, 2, 3, 4]] * 2), "attention_mask": torch.ones(2, 4, dtype=torch.long),
+             "labels": torch.tensor([[-100, -100, 3, 4]] * 2), "page_counts": torch.tensor([1, 1]),
+             "memory_pos": torch.tensor([1, 1]), "page_lines": torch.tensor([2, 1])}
+    out = model(**batch, features=feats)
+    assert out.memory_tokens.tolist() == [2 * per_line, per_line]
+    frames = model.encoder.encoder.frames
+    changed = feats.clone()
+    changed[0, 2 * frames:] += 5.0  # lines 3.. of page 0 and 2.. of page 1 are blank
+    changed[1, frames:] -= 5.0
+    torch.testing.assert_close(model(**batch, features=changed).loss, out.loss)
+
+
+def test_alignment_reads_the_features_back(encoder, tiny_models):
+    from transformers import AutoTokenizer
+
+    from ocrmem.align import alignment_targets, ctc_frames
+
+    text = LATIN[0]
+    res = render_pages(text, RenderSettings())
+    feats = encoder(encoder.preprocess(res.pages))
+    best = encoder.ctc_argmax(feats.reshape(-1, encoder.frames, 120))
+    read, centres = ctc_frames(best[0], encoder.alphabet)
+    assert read == text and len(centres) == len(text.replace(" ", "")) + text.count(" ")
+    assert all(a < b for a, b in zip(centres, centres[1:]))  # characters in reading order
+    tok = AutoTokenizer.from_pretrained(tiny_models["llm"])
+    emb = torch.randn(tok.vocab_size + 16, 8)
+    targets, counts = alignment_targets(feats, res.page_lines, encoder, tok, emb, 16)
+    n_tok = len(tok(" " + text, add_special_tokens=False).input_ids)
+    drawn = counts[0, : encoder.frames // 16]
+    assert drawn.sum() == n_tok and (counts[0, encoder.frames // 16:] == -1).all()
+
+
+def test_settings_refuse_what_the_recognizer_cannot_do(tmp_path):
+    def load(**sections):
+        p = tmp_path / "params.yaml"
+        p.write_text(yaml.safe_dump(sections))
+        return load_settings(p)
+
+    with pytest.raises(ConfigError, match="encoder_frozen must be true"):
+        load(model={**REC, "encoder_frozen": False})
+    with pytest.raises(ConfigError, match="align_steps"):
+        load(model={"encoder": "pixels", "ocr_model_name": "pixels"}, train={"align_steps": 10})
+    with pytest.raises(ConfigError, match="no ONNX recognizer"):
+        check_model_paths(load(model={**REC, "ocr_model_name": "./nope.onnx"}))
