@@ -16,19 +16,15 @@ on one side only (issue 10). `ocrmem evaluate` loads the vectors and scores both
 
 from __future__ import annotations
 
-from pathlib import Path
 
-import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
+from ocrmem.conditions import TRAINED_TEXT, baselines_dir, soft_prompt_path, with_budgets
 from ocrmem.dataset import MemoryCollator, clip_prompt, memory_prompt, target_ids
 from ocrmem.io import write_json
 from ocrmem.settings import Settings
 from ocrmem.tracking import print0
-
-TRAINED_TEXT = ("truncated_text_trained", "full_text_trained")
-
 
 def text_memory_ids(tokenizer, row: dict, condition: str) -> list[int]:
     """The history tokens a text condition reads: all of them, or the most recent `memory_tokens`."""
@@ -56,28 +52,6 @@ class TextMemoryDataset(Dataset):
         tgt = target_ids(self.tok, row["target"], self.max_target)
         return {"input_ids": ids + tgt, "labels": [-100] * len(ids) + tgt, "pages": None, "memory_pos": pos,
                 "page_lines": None, "objective": 0}
-
-
-def baselines_dir(settings: Settings) -> Path:
-    """Beside train.output_dir (which is the train stage's DVC output), not inside it."""
-    return Path(settings.train.output_dir).parent / "baselines"
-
-
-def soft_prompt_path(settings: Settings, condition: str) -> Path:
-    return baselines_dir(settings) / f"{condition}.safetensors"
-
-
-def load_soft_prompt(settings: Settings, condition: str) -> torch.Tensor:
-    path = soft_prompt_path(settings, condition)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run `ocrmem baselines` (dvc repro baselines) to train {condition}")
-    return load_file(str(path))["soft_prompt.vectors"]
-
-
-def with_budgets(model, rows: list[dict]) -> list[dict]:
-    """Rows with `memory_tokens`: what each example's OCR memory costs (the truncated budget)."""
-    return [{**r, "memory_tokens": sum(model.page_memory_tokens(r["page_lines"])) if r.get("page_lines")
-             else len(r["pages"]) * model.memory_tokens_per_page} for r in rows]
 
 
 def train_text_baseline(settings: Settings, model, rows: list[dict], condition: str) -> dict:

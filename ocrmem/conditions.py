@@ -4,12 +4,15 @@ pages (ocr_memory), as text (full or cut to the OCR memory's budget), or none. S
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
-from ocrmem.baselines import TRAINED_TEXT
 from ocrmem.dataset import chat_prompt, clip_prompt, memory_prompt, pad_text, target_ids
-from ocrmem.settings import CONDITIONS
+from ocrmem.settings import CONDITIONS, Settings
+
+TRAINED_TEXT = ("truncated_text_trained", "full_text_trained")  # trained by `ocrmem baselines`
 
 # ---------------------------------------------------------------------------------------------
 # inputs of each condition
@@ -76,3 +79,29 @@ def collate(items: list[CondInput], pad_id: int, with_target: bool) -> dict:
     if lines and len(lines) == sum(it.n_pages for it in items):
         batch["page_lines"] = torch.tensor(lines, dtype=torch.long)
     return batch
+
+
+# ---------------------------------------------------------------------------------------------
+# budgets and the trained text baselines' soft prompts (written by ocrmem/baselines.py)
+
+
+def baselines_dir(settings: Settings) -> Path:
+    """Beside train.output_dir (which is the train stage's DVC output), not inside it."""
+    return Path(settings.train.output_dir).parent / "baselines"
+
+
+def soft_prompt_path(settings: Settings, condition: str) -> Path:
+    return baselines_dir(settings) / f"{condition}.safetensors"
+
+
+def load_soft_prompt(settings: Settings, condition: str) -> torch.Tensor:
+    path = soft_prompt_path(settings, condition)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run `ocrmem baselines` (dvc repro baselines) to train {condition}")
+    return load_file(str(path))["soft_prompt.vectors"]
+
+
+def with_budgets(model, rows: list[dict]) -> list[dict]:
+    """Rows with `memory_tokens`: what each example's OCR memory costs (the truncated budget)."""
+    return [{**r, "memory_tokens": sum(model.page_memory_tokens(r["page_lines"])) if r.get("page_lines")
+             else len(r["pages"]) * model.memory_tokens_per_page} for r in rows]

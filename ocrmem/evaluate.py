@@ -44,8 +44,8 @@ from pathlib import Path
 
 import torch
 
-from ocrmem.baselines import TRAINED_TEXT, load_soft_prompt, with_budgets
-from ocrmem.conditions import CondInput, build_condition_input, collate, history_ids  # noqa: F401 (public here too)
+from ocrmem.conditions import (CondInput, TRAINED_TEXT, build_condition_input, collate, history_ids,  # noqa: F401
+                               load_soft_prompt, with_budgets)
 from ocrmem.dataset import PROMPTS, CachedPages, PixelPages
 from ocrmem.io import write_csv, write_json, write_jsonl
 from ocrmem.report import eval_report, log_run, plot

@@ -8,7 +8,8 @@ CONDS = ["no_memory", "truncated_text", "truncated_text_trained", "ocr_memory", 
 
 
 def test_text_baselines_train_only_their_soft_prompt_and_are_evaluated(pipeline, tmp_path, monkeypatch):
-    from ocrmem.baselines import baselines, load_soft_prompt, train_text_baseline, with_budgets
+    from ocrmem.baselines import baselines, train_text_baseline
+    from ocrmem.conditions import load_soft_prompt, with_budgets
     from ocrmem.data import read_manifest
     from ocrmem.evaluate import evaluate
     from ocrmem.model.ocrmem import OcrMemModel

@@ -245,14 +245,15 @@ def test_tasks_run_their_dvc_stage_and_return_its_figures(tiny_repo, monkeypatch
     monkeypatch.setattr(fp, "dvc_repro", lambda stage: ran.append(stage) or "")
     Path("metrics").mkdir()
     for name, body in {"validate": {"valid": True}, "gradcheck": {"ok": True}, "train": {"steps": 2},
-                       "eval": {"ocr_memory.exact_match": 0.5}}.items():
+                       "baselines": {"conditions": []}, "eval": {"ocr_memory.exact_match": 0.5}}.items():
         Path(f"metrics/{name}.json").write_text(json.dumps(body))
     Path("data/rendered").mkdir(parents=True)
     Path("data/rendered/stats.json").write_text(json.dumps({"total": {"pages": 3}}))
     got = {name: getattr(fp, name).fn() for name in STAGES}
     assert ran == STAGES and list(fp.TASKS) == STAGES
     assert got == {"validate": {"valid": True}, "standins": None, "render": {"pages": 3}, "encode": None,
-                   "gradcheck": {"ok": True}, "train": {"steps": 2}, "evaluate": {"ocr_memory.exact_match": 0.5}}
+                   "gradcheck": {"ok": True}, "train": {"steps": 2}, "baselines": {"conditions": []},
+                   "evaluate": {"ocr_memory.exact_match": 0.5}}
     assert {name: t.name for name, t in fp.TASKS.items()} == {s: s for s in STAGES}
 
 
@@ -307,7 +308,7 @@ def test_retries_only_on_io_tasks_and_no_second_cache():
     from prefect.cache_policies import NO_CACHE
 
     retries = {name: getattr(fp, name).retries for name in STAGES}
-    assert retries == {"validate": 0, "standins": 0, "render": 2, "encode": 2, "gradcheck": 0, "train": 0,
+    assert retries == {"validate": 0, "standins": 0, "render": 2, "encode": 2, "gradcheck": 0, "train": 0, "baselines": 0,
                        "evaluate": 0}
     for name in STAGES:  # DVC decides what reruns: no Prefect cache in front of it
         t = getattr(fp, name)

@@ -13,7 +13,6 @@ autograd and the feature cache does not apply.
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import torch
