@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from ocrmem import render as R
+from ocrmem.errors import UserError, UserFileNotFoundError
 from ocrmem.io import fmt, jsonl, sha256_file, write_json, write_jsonl, write_text
 from ocrmem.settings import ConfigError, RenderSettings, Settings
 from ocrmem.sources import SPLITS, Example, read_jsonl, read_text_corpus, unique_ids
@@ -73,7 +74,6 @@ def load_examples(settings: Settings, split: str) -> list[Example]:
             else:
                 exs += read_text_corpus(fpath, d.text_history_chars, d.text_continuation_chars)
     return unique_ids(exs)
-
 
 
 def _render_key(rs: RenderSettings) -> dict:
@@ -304,6 +304,8 @@ def render_split(settings: Settings, split: str, examples: list[Example] | None 
                  tokens_per_page: int | None = None, progress: bool = True) -> dict:
     """Render one split; returns its stats plus 'rendered' (examples drawn now) and 'up_to_date'."""
     examples = unique_ids(list(examples if examples is not None else load_examples(settings, split)))
+    if not examples:  # else encode and train would run on nothing and fail far from the cause
+        raise UserError(f"the {split!r} split has no examples: nothing to render; check data.source and its files")
     fp = fingerprint(settings.render, examples, tokenizer, tokens_per_page)
     stats = _up_to_date(settings, split, fp)
     if stats is not None:
@@ -383,7 +385,7 @@ def read_manifest(settings: Settings, split: str) -> list[dict]:
     out = settings.rendered_dir / split
     manifest = out / "manifest.jsonl"
     if not manifest.is_file():
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"{manifest} not found: the {split!r} split has not been rendered (completely): run `ocrmem render`"
         )
     with open(manifest, encoding="utf-8") as f:

@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ocrmem.data import read_manifest
+from ocrmem.errors import UserError, UserFileNotFoundError
 from ocrmem.io import atomic_path, write_json
 from ocrmem.model.encoder import DTYPES, FrozenEncoder, build_encoder
 from ocrmem.settings import Settings
@@ -28,7 +29,7 @@ from ocrmem.sources import SPLITS
 INDEX = "index.json"
 
 
-class CacheMismatchError(ValueError):
+class CacheMismatchError(UserError):
     pass
 
 
@@ -61,7 +62,7 @@ def encode(settings: Settings, encoder: FrozenEncoder | None = None, progress: b
 def build_cache(settings: Settings, encoder: FrozenEncoder | None = None, progress: bool = True) -> dict:
     """Encode every page of every rendered split not yet in the cache; return the cache's index."""
     if not settings.model.encoder_frozen:
-        raise ValueError("model.encoder_frozen is false: an unfrozen encoder changes every step, so there is no "
+        raise UserError("model.encoder_frozen is false: an unfrozen encoder changes every step, so there is no "
                          "feature cache; set train.use_feature_cache: false (encode is skipped)")
     encoder = encoder or build_encoder(settings.model, settings.render)
     out = settings.features_dir
@@ -143,7 +144,7 @@ class FeatureCache:
         self.dir = Path(cache_dir)
         index_path = self.dir / INDEX
         if not index_path.is_file():
-            raise FileNotFoundError(f"no feature cache at {self.dir}: run `ocrmem encode` first")
+            raise UserFileNotFoundError(f"no feature cache at {self.dir}: run `ocrmem encode` first")
         self.index = json.loads(index_path.read_text())
         if not self.index.get("complete"):
             raise CacheMismatchError(f"feature cache {self.dir} is incomplete (an encode was interrupted): "

@@ -28,6 +28,8 @@ from pathlib import Path
 
 from PIL import Image, ImageColor, ImageDraw, ImageFont
 
+from ocrmem.errors import UserError
+
 from ocrmem.io import sha256_bytes, write_atomic
 from ocrmem.settings import RenderSettings
 
@@ -99,7 +101,7 @@ def resolve_font_path(path: str | None) -> str:
         return default_font_path()
     p = Path(path).expanduser()
     if not p.is_file():
-        raise ValueError(
+        raise UserError(
             f"render.font_path = {path!r}: no such font file: point render.font_path in params.yaml at a "
             f"TTF/OTF/TTC file, or set it to null to use the bundled Noto Sans CJK"
         )
@@ -112,7 +114,7 @@ def load_font(path: str | None, size: int) -> ImageFont.FreeTypeFont:
     try:
         return _load_font_cached(resolved, int(size))
     except OSError as e:
-        raise ValueError(
+        raise UserError(
             f"render.font_path = {path!r}: cannot be read as a font ({e}): use a TTF/OTF/TTC file"
         ) from None
 
@@ -324,7 +326,7 @@ def _colour(c: str) -> int:
     try:
         return ImageColor.getcolor(c, "L")
     except ValueError:
-        raise ValueError(f"render colour {c!r} is not a colour: use e.g. '#000000' or 'black'") from None
+        raise UserError(f"render colour {c!r} is not a colour: use e.g. '#000000' or 'black'") from None
 
 
 def _draw_line(img: Image.Image, s: str, x0: int, y: int, font: ImageFont.FreeTypeFont, fg: int) -> None:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
+from ocrmem.errors import UserError
 from ocrmem.model.registry import ENCODERS, PROJECTORS
 
 ENCODER_KINDS = tuple(ENCODERS)  # one source: the registry the builders look up
@@ -26,7 +27,7 @@ OBJECTIVES = ("qa", "reconstruct", "continue")
 CONDITIONS = ("no_memory", "truncated_text", "ocr_memory", "full_text")
 
 
-class ConfigError(Exception):
+class ConfigError(UserError):
     """A config that must not start. `messages` holds one line per bad field."""
 
     def __init__(self, messages: list[str]):
@@ -300,6 +301,12 @@ def check_model_paths(s: Settings) -> None:
                 f"{field} = {name!r}: local path does not exist: run `ocrmem standins` "
                 f"(or `dvc repro standins`) to build the local models, or point it at a hub id"
             )
+        elif not is_local_path(name) and not Path(name).expanduser().exists():
+            from ocrmem.model.hub import hub_problem
+
+            problem = hub_problem(name, s.model.revision)
+            if problem:
+                bad.append(f"{field} = {name!r}: {problem}: for a local directory start it with ./ or /")
     for field, name in names:
         cfg = Path(name).expanduser() / "config.json"
         if is_local_path(name) and cfg.is_file() and not s.model.trust_remote_code:
@@ -319,10 +326,32 @@ def check_model_paths(s: Settings) -> None:
         raise ConfigError(bad)
 
 
+def check_values(s: Settings) -> None:
+    """Refuse values that are each valid but fail once used: a missing font file, a page geometry a
+    weightless encoder cannot cut (e.g. pixel_downsample not dividing the line height)."""
+    from ocrmem.model.registry import ENCODERS, lookup
+
+    bad = []
+    font = s.render.font_path
+    if font is not None and not Path(font).expanduser().is_file():
+        bad.append(f"render.font_path = {font!r}: no such font file: point it at a TTF/OTF/TTC file, or set it "
+                   "to null to use the bundled Noto Sans CJK")
+    cls = lookup(ENCODERS, s.model.encoder, "encoder")
+    if getattr(cls, "weightless", False):  # building it loads nothing, so its own checks run here
+        try:
+            cls.from_settings(s.model, s.render)
+        except UserError as e:
+            bad.append(f"model.encoder = {s.model.encoder!r}: {e}")
+    if bad:
+        raise ConfigError(bad)
+
+
 def validate(settings: Settings, static: bool = True, out: str | os.PathLike | None = None) -> dict:
-    """The validate stage: the config was read without error (load_settings); unless `static`, local
-    model paths must exist too (else ConfigError). On success writes {"valid": true} to `out`: constant
-    content, so a stage depending on it reruns only when validation's verdict changes."""
+    """The validate stage: the config was read without error (load_settings) and its values fit together
+    (check_values); unless `static`, model names must resolve too (check_model_paths; else ConfigError).
+    On success writes {"valid": true} to `out`: constant content, so a stage depending on it reruns only
+    when validation's verdict changes."""
+    check_values(settings)
     if not static:
         check_model_paths(settings)
     if out is not None:

@@ -7,6 +7,7 @@ The synthetic memory task is in ocrmem/tasks.py; `ocrmem.data.load_examples` pic
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -14,12 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ocrmem.errors import UserError, read_utf8
 from ocrmem.io import sha256_bytes
 
 SPLITS = ("train", "eval")
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A bad input file or record; the message names the file, the line and what is wrong."""
 
 
@@ -81,7 +83,7 @@ def read_jsonl(path: str | os.PathLike) -> list[Example]:
     if not path.is_file():
         raise DataError(f"{path}: no such file: fix data.train_files / data.eval_files in params.yaml")
     out = []
-    with open(path, encoding="utf-8") as f:
+    with io.StringIO(read_utf8(path)) as f:  # undecodable bytes: named by file and line
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -114,6 +116,9 @@ def read_jsonl(path: str | os.PathLike) -> list[Example]:
             if not isinstance(rid, (str, int)):
                 raise DataError(f"{where}: 'id' must be a string, got {type(rid).__name__}")
             out.append(Example(str(rid), hist, rec["prompt"], rec["target"], cont, dict(meta)))
+    if not out:
+        raise DataError(f"{path}: no examples (the file is empty or blank): add JSON lines or remove it from "
+                        "data.train_files / data.eval_files")
     return out
 
 
@@ -122,7 +127,7 @@ def read_text_corpus(path: str | os.PathLike, history_chars: int, continuation_c
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file: fix data.train_files / data.eval_files in params.yaml")
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = read_utf8(path)
     step = history_chars + continuation_chars
     out = []
     for i, s in enumerate(range(0, len(text) - step + 1, step)):
@@ -134,4 +139,7 @@ def read_text_corpus(path: str | os.PathLike, history_chars: int, continuation_c
         cut = max(1, len(text) * 9 // 10)
         out.append(Example(f"{path.stem}-0", text[:cut], "Continue the text.", text[cut:], text[cut:],
                            {"source": str(path), "offset": 0}))  # fmt: skip
+    if not out:
+        raise DataError(f"{path}: no text (the file is empty or blank): remove it from data.train_files / "
+                        "data.eval_files")
     return out

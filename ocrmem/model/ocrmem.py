@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ocrmem.errors import UserError, UserFileNotFoundError
 from ocrmem.io import write_json
 from ocrmem.model.encoder import DTYPES, FrozenEncoder, build_encoder
 from ocrmem.model.hub import hub_kwargs, load_tokenizer
@@ -96,7 +97,7 @@ class OcrMemModel(nn.Module):
         adapter_dir = Path(adapter_dir)
         cfg_file = adapter_dir / ADAPTER_CONFIG
         if not cfg_file.is_file():
-            raise FileNotFoundError(f"{cfg_file} not found: is {adapter_dir} an adapter written by `ocrmem train`?")
+            raise UserFileNotFoundError(f"{cfg_file} not found: is {adapter_dir} an adapter written by `ocrmem train`?")
         cfg = json.loads(cfg_file.read_text())
         settings = Settings.model_validate({"model": {**cfg["model"], **model_overrides}, "render": cfg["render"]})
         model = cls.build(settings)
