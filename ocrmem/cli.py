@@ -91,7 +91,7 @@ def cmd_evaluate(args, s: Settings) -> int:
 
 
 def cmd_generate(args, s: Settings | None) -> int:
-    from ocrmem.inference import MemoryLLM
+    from ocrmem.inference import MemoryLLM, history_text
 
     if not Path(args.history).is_file():
         raise UserError(f"--history {args.history}: no such file: pass a text file or a .json list of chat turns")
@@ -102,9 +102,15 @@ def cmd_generate(args, s: Settings | None) -> int:
         except json.JSONDecodeError as e:
             raise UserError(f"{args.history}:{e.lineno}: invalid JSON ({e.msg}): a .json history is a list of "
                             "{\"role\", \"content\"} turns; use a .txt file for plain text") from None
+    if not history_text(history).strip():
+        print("(the history is empty: answering without memory pages)", file=sys.stderr)
     llm = MemoryLLM.from_pretrained(args.adapter)
     answer = llm.answer(history, args.prompt, max_new_tokens=args.max_new_tokens)
     print(answer.text)
+    if answer.missing_glyphs:
+        print(f"(the font cannot draw {sum(answer.missing_glyphs.values())} characters of the history, drawn as "
+              f"boxes: {''.join(answer.missing_glyphs)[:20]!r}; set render.font_path to a font that has them)",
+              file=sys.stderr)
     if answer.cut_chars:
         print(f"(history cut: the oldest {answer.cut_chars} characters did not fit the page budget)", file=sys.stderr)
     return 0

@@ -228,7 +228,8 @@ def _up_to_date(settings: Settings, split: str, fp: str) -> dict | None:
     if not (manifest.is_file() and fp_file.is_file() and fp_file.read_text().strip() == fp):
         return None
     rows = read_manifest(settings, split)
-    if not all(page_path(settings, p).is_file() for row in rows for p in row["pages"]):
+    if not all(page_path(settings, p).is_file() and sha256_file(page_path(settings, p)) == h  # a page copied over
+               for row in rows for p, h in zip(row["pages"], row["sha256"])):  # another: rendered again
         return None
     stats_file = out / "stats.json"
     return json.loads(stats_file.read_text()) if stats_file.is_file() else _split_stats(rows)

@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 
 import torch
-from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
@@ -22,6 +21,7 @@ from tqdm.auto import tqdm
 from ocrmem.data import read_manifest
 from ocrmem.errors import UserError, UserFileNotFoundError
 from ocrmem.io import atomic_path, write_json
+from ocrmem.render import load_png
 from ocrmem.model.encoder import DTYPES, FrozenEncoder, build_encoder
 from ocrmem.settings import Settings
 from ocrmem.sources import SPLITS
@@ -34,7 +34,7 @@ class CacheMismatchError(UserError):
 
 
 def cache_fingerprint(encoder: FrozenEncoder, settings: Settings) -> dict:
-    return {"encoder": encoder.fingerprint(), "render": settings.render.model_dump(),
+    return {"encoder": encoder.fingerprint(), "render": settings.render.model_dump(exclude={"workers"}),  # workers: same pages
             "store_dtype": settings.features.store_dtype}
 
 
@@ -116,10 +116,7 @@ def _features_of(encoder: FrozenEncoder, items: list[tuple[str, Path]], settings
     tensors = {}
     for b0 in range(0, len(items), bs):
         batch = items[b0:b0 + bs]
-        images = []
-        for _, path in batch:
-            with Image.open(path) as im:
-                images.append(im.copy())
+        images = [load_png(path, sha) for sha, path in batch]  # a page changed since render is refused
         feats = encoder(encoder.preprocess(images).to(device)).to("cpu", store)
         for (sha, _), f in zip(batch, feats):
             tensors[sha] = f.contiguous()

@@ -371,6 +371,16 @@ def png_bytes(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def load_png(path: str | os.PathLike, sha256: str) -> Image.Image:
+    """The rendered page at `path`, refused unless its bytes still have the manifest's sha256."""
+    data = Path(path).read_bytes()
+    if sha256_bytes(data) != sha256:
+        raise UserError(f"{path}: changed since it was rendered (sha256 {sha256_bytes(data)[:12]}..., manifest "
+                        f"{sha256[:12]}...): rerun `ocrmem render` to draw it again")
+    with Image.open(io.BytesIO(data)) as im:
+        return im.copy()
+
+
 def save_png(img: Image.Image, path: str | os.PathLike) -> str:
     """Write `img` as PNG atomically; return the sha256 hex of the bytes."""
     data = png_bytes(img)

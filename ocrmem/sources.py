@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,4 +143,9 @@ def read_text_corpus(path: str | os.PathLike, history_chars: int, continuation_c
     if not out:
         raise DataError(f"{path}: no text (the file is empty or blank): remove it from data.train_files / "
                         "data.eval_files")
+    used = len(out) * step if len(text) >= step else len(text)
+    if text[used:].strip():  # a tail shorter than one window: say so rather than drop it silently
+        print(f"{path}: the last {len(text) - used} of {len(text)} characters are shorter than one window "
+              f"(data.text_history_chars + data.text_continuation_chars = {step}) and are not used: lower "
+              "those to use more of the file", file=sys.stderr)
     return out
