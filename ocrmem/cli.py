@@ -10,7 +10,8 @@
     ocrmem evaluate   [--params params.yaml] [--adapter DIR]  ocrmem.evaluate.evaluate
     ocrmem generate --adapter checkpoints/adapter --history FILE --prompt "..."
 
-A bad config exits with status 2 and one line per bad field, before anything heavy is loaded.
+A bad config exits with status 2 and one line per bad field, before anything heavy is loaded; any other
+error of input or config (ocrmem.errors.UserError) exits 2 with its one-line message, no traceback.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ocrmem.errors import UserError, read_utf8
 from ocrmem.settings import ConfigError, Settings, check_model_paths, load_settings, validate
 
 # Stages that load models also need their local model paths to exist.
@@ -97,14 +99,26 @@ def cmd_evaluate(args, s: Settings) -> int:
 
 
 def cmd_generate(args, s: Settings | None) -> int:
-    from ocrmem.inference import MemoryLLM
+    from ocrmem.inference import MemoryLLM, history_text
 
-    history = Path(args.history).read_text(encoding="utf-8")
+    if not Path(args.history).is_file():
+        raise UserError(f"--history {args.history}: no such file: pass a text file or a .json list of chat turns")
+    history = read_utf8(args.history)
     if args.history.endswith(".json"):
-        history = json.loads(history)
+        try:
+            history = json.loads(history)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{args.history}:{e.lineno}: invalid JSON ({e.msg}): a .json history is a list of "
+                            "{\"role\", \"content\"} turns; use a .txt file for plain text") from None
+    if not history_text(history).strip():
+        print("(the history is empty: answering without memory pages)", file=sys.stderr)
     llm = MemoryLLM.from_pretrained(args.adapter)
     answer = llm.answer(history, args.prompt, max_new_tokens=args.max_new_tokens)
     print(answer.text)
+    if answer.missing_glyphs:
+        print(f"(the font cannot draw {sum(answer.missing_glyphs.values())} characters of the history, drawn as "
+              f"boxes: {''.join(answer.missing_glyphs)[:20]!r}; set render.font_path to a font that has them)",
+              file=sys.stderr)
     if answer.cut_chars:
         print(f"(history cut: the oldest {answer.cut_chars} characters did not fit the page budget)", file=sys.stderr)
     return 0
@@ -150,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ocrmem {args.command}: invalid config", file=sys.stderr)
         for m in e.messages:
             print(f"  {m}", file=sys.stderr)
+        return 2
+    except UserError as e:  # bad input: the message says what, where and the fix; tracebacks are for bugs
+        print(f"ocrmem {args.command}: {e}", file=sys.stderr)
         return 2
 
 

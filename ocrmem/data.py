@@ -23,15 +23,16 @@ import multiprocessing as mp
 import os
 import sys
 import time
-from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from ocrmem import render as R
+from ocrmem.errors import UserError, UserFileNotFoundError
 from ocrmem.io import fmt, jsonl, sha256_file, write_json, write_jsonl, write_text
 from ocrmem.settings import ConfigError, RenderSettings, Settings
 from ocrmem.sources import SPLITS, Example, read_jsonl, read_text_corpus, unique_ids
+from ocrmem.stats import split_stats, total_stats
 from ocrmem.tasks import make_synthetic
 
 MANIFEST_FIELDS = (
@@ -72,7 +73,6 @@ def load_examples(settings: Settings, split: str) -> list[Example]:
             else:
                 exs += read_text_corpus(fpath, d.text_history_chars, d.text_continuation_chars)
     return unique_ids(exs)
-
 
 
 def _render_key(rs: RenderSettings) -> dict:
@@ -174,54 +174,6 @@ def _count_tokens(tokenizer, texts: list[str]) -> list[int]:
     return out
 
 
-def _split_stats(rows: list[dict]) -> dict:
-    tt = [r["text_tokens"] for r in rows]
-    has_tok = bool(rows) and all(t is not None for t in tt)
-    vis = sum(r["vision_tokens"] or 0 for r in rows) if rows else 0
-    missing: Counter = Counter()
-    for r in rows:
-        missing.update(r["missing_glyphs"])
-    comps = [r["compression"] for r in rows if r["compression"] is not None]
-    return {
-        "examples": len(rows),
-        "pages": sum(len(r["pages"]) for r in rows),
-        "history_chars": sum(r["history_chars"] for r in rows),
-        "kept_chars": sum(r["kept_chars"] for r in rows),
-        "cut_chars": sum(r["cut_chars"] for r in rows),
-        "examples_truncated": sum(1 for r in rows if r["cut_chars"] > 0),
-        "text_tokens": sum(tt) if has_tok else None,
-        "kept_text_tokens": sum(r["kept_text_tokens"] for r in rows) if has_tok else None,
-        "vision_tokens": vis if rows and rows[0]["vision_tokens"] is not None else None,
-        "compression_mean": sum(comps) / len(comps) if comps else None,
-        "compression_overall": (sum(r["kept_text_tokens"] for r in rows) / vis) if has_tok and vis else None,
-        "missing_glyphs": dict(missing.most_common()),
-        "missing_glyphs_total": sum(missing.values()),
-    }
-
-
-def _total_stats(per_split: dict[str, dict]) -> dict:
-    vals = list(per_split.values())
-
-    def add(k):
-        xs = [v[k] for v in vals]
-        return None if not xs or any(x is None for x in xs) else sum(xs)
-
-    tot = {k: add(k) for k in ("examples", "pages", "history_chars", "kept_chars", "cut_chars",
-                                "examples_truncated", "text_tokens", "kept_text_tokens", "vision_tokens")}  # fmt: skip
-    n = tot["examples"] or 0
-    means = [(v["compression_mean"], v["examples"]) for v in vals if v["compression_mean"] is not None]
-    tot["compression_mean"] = sum(m * k for m, k in means) / n if means and len(means) == len(vals) and n else None
-    tot["compression_overall"] = (
-        tot["kept_text_tokens"] / tot["vision_tokens"] if tot["kept_text_tokens"] and tot["vision_tokens"] else None
-    )
-    missing: Counter = Counter()
-    for v in vals:
-        missing.update(v["missing_glyphs"])
-    tot["missing_glyphs"] = dict(missing.most_common())
-    tot["missing_glyphs_total"] = sum(missing.values())
-    return tot
-
-
 def _up_to_date(settings: Settings, split: str, fp: str) -> dict | None:
     """The split's stats when it is completely rendered with fingerprint `fp`, else None."""
     out = settings.rendered_dir / split
@@ -229,10 +181,11 @@ def _up_to_date(settings: Settings, split: str, fp: str) -> dict | None:
     if not (manifest.is_file() and fp_file.is_file() and fp_file.read_text().strip() == fp):
         return None
     rows = read_manifest(settings, split)
-    if not all(page_path(settings, p).is_file() for row in rows for p in row["pages"]):
+    if not all(page_path(settings, p).is_file() and sha256_file(page_path(settings, p)) == h  # a page copied over
+               for row in rows for p, h in zip(row["pages"], row["sha256"])):  # another: rendered again
         return None
     stats_file = out / "stats.json"
-    return json.loads(stats_file.read_text()) if stats_file.is_file() else _split_stats(rows)
+    return json.loads(stats_file.read_text()) if stats_file.is_file() else split_stats(rows)
 
 
 def _draw(examples: list[Example], rs: RenderSettings, out: Path, fp: str, desc: str, progress: bool):
@@ -296,7 +249,7 @@ def _remove_stale(out: Path, rows: list[dict]) -> None:
 
 
 def _finish(out: Path, rows: list[dict], fp: str) -> dict:
-    stats = _split_stats(rows)
+    stats = split_stats(rows)
     write_json(out / "stats.json", stats)
     write_jsonl(out / "manifest.jsonl", rows)  # completion marker
     write_text(out / "fingerprint", fp + "\n")
@@ -308,6 +261,8 @@ def render_split(settings: Settings, split: str, examples: list[Example] | None 
                  tokens_per_page: int | None = None, progress: bool = True, tokens_per_line: int | None = None) -> dict:
     """Render one split; returns its stats plus 'rendered' (examples drawn now) and 'up_to_date'."""
     examples = unique_ids(list(examples if examples is not None else load_examples(settings, split)))
+    if not examples:  # else encode and train would run on nothing and fail far from the cause
+        raise UserError(f"the {split!r} split has no examples: nothing to render; check data.source and its files")
     fp = fingerprint(settings.render, examples, tokenizer, tokens_per_page, tokens_per_line)
     stats = _up_to_date(settings, split, fp)
     if stats is not None:
@@ -350,7 +305,7 @@ def render_dataset(
             per_split[p.parent.name] = json.loads(st.read_text())
     for s, r in results.items():
         per_split[s] = {k: v for k, v in r.items() if k not in ("rendered", "up_to_date", "fingerprint")}
-    total = _total_stats(per_split)
+    total = total_stats(per_split)
     write_json(settings.rendered_dir / "stats.json", {"splits": per_split, "total": total})
 
     did_work = any(not r["up_to_date"] for r in results.values())
@@ -388,7 +343,7 @@ def read_manifest(settings: Settings, split: str) -> list[dict]:
     out = settings.rendered_dir / split
     manifest = out / "manifest.jsonl"
     if not manifest.is_file():
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"{manifest} not found: the {split!r} split has not been rendered (completely): run `ocrmem render`"
         )
     with open(manifest, encoding="utf-8") as f:

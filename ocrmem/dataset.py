@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from ocrmem.render import load_png
 from ocrmem.settings import OBJECTIVES, Settings
 
 PROMPTS = {"reconstruct": "Repeat the text of the memory pages exactly.", "continue": "Continue the text."}
@@ -101,10 +101,7 @@ class PixelPages:
         self.root, self.encoder = Path(rendered_dir), encoder
 
     def __call__(self, row: dict) -> torch.Tensor:
-        images = []
-        for p in row["pages"]:
-            with Image.open(self.root / p) as im:
-                images.append(im.copy())
+        images = [load_png(self.root / p, sha) for p, sha in zip(row["pages"], row["sha256"])]
         return self.encoder.preprocess(images) if images else None
 
 

@@ -47,6 +47,7 @@ import torch
 from ocrmem.conditions import (CondInput, TRAINED_TEXT, build_condition_input, collate, history_ids,  # noqa: F401
                                load_soft_prompt, with_budgets)
 from ocrmem.dataset import PROMPTS, CachedPages, PixelPages
+from ocrmem.errors import UserError, UserFileNotFoundError
 from ocrmem.io import write_csv, write_json, write_jsonl
 from ocrmem.report import eval_report, log_run, plot
 from ocrmem.scoring import bucket_of, bucket_order, char_precision, contains, exact_match, mean, rounded
@@ -132,7 +133,7 @@ def _load_model(settings: Settings, adapter_dir: str | Path | None):
 
     adapter_dir = Path(adapter_dir) if adapter_dir is not None else settings.adapter_dir
     if not (adapter_dir / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"no adapter at {adapter_dir}: run `ocrmem train` first or pass --adapter DIR")
+        raise UserFileNotFoundError(f"no adapter at {adapter_dir}: run `ocrmem train` first or pass --adapter DIR")
     model = OcrMemModel.from_pretrained(adapter_dir)
     if model.settings.render.model_dump(exclude={"workers"}) != settings.render.model_dump(exclude={"workers"}):
         print(f"evaluate: WARNING the adapter {adapter_dir} was trained on other render settings than "
@@ -147,7 +148,7 @@ def _eval_rows(settings: Settings) -> list[dict]:
     if settings.eval.max_examples is not None:
         rows = rows[: settings.eval.max_examples]
     if not rows:
-        raise ValueError("the eval split has no examples: nothing to evaluate")
+        raise UserError("the eval split has no examples: nothing to evaluate")
     return rows
 
 

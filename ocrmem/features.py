@@ -14,13 +14,14 @@ import json
 from pathlib import Path
 
 import torch
-from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ocrmem.data import read_manifest
+from ocrmem.errors import UserError, UserFileNotFoundError
 from ocrmem.io import atomic_path, write_json
+from ocrmem.render import load_png
 from ocrmem.model.encoder import DTYPES, FrozenEncoder, build_encoder
 from ocrmem.settings import Settings
 from ocrmem.sources import SPLITS
@@ -28,12 +29,12 @@ from ocrmem.sources import SPLITS
 INDEX = "index.json"
 
 
-class CacheMismatchError(ValueError):
+class CacheMismatchError(UserError):
     pass
 
 
 def cache_fingerprint(encoder: FrozenEncoder, settings: Settings) -> dict:
-    return {"encoder": encoder.fingerprint(), "render": settings.render.model_dump(),
+    return {"encoder": encoder.fingerprint(), "render": settings.render.model_dump(exclude={"workers"}),  # workers: same pages
             "store_dtype": settings.features.store_dtype}
 
 
@@ -61,7 +62,7 @@ def encode(settings: Settings, encoder: FrozenEncoder | None = None, progress: b
 def build_cache(settings: Settings, encoder: FrozenEncoder | None = None, progress: bool = True) -> dict:
     """Encode every page of every rendered split not yet in the cache; return the cache's index."""
     if not settings.model.encoder_frozen:
-        raise ValueError("model.encoder_frozen is false: an unfrozen encoder changes every step, so there is no "
+        raise UserError("model.encoder_frozen is false: an unfrozen encoder changes every step, so there is no "
                          "feature cache; set train.use_feature_cache: false (encode is skipped)")
     encoder = encoder or build_encoder(settings.model, settings.render)
     out = settings.features_dir
@@ -115,10 +116,7 @@ def _features_of(encoder: FrozenEncoder, items: list[tuple[str, Path]], settings
     tensors = {}
     for b0 in range(0, len(items), bs):
         batch = items[b0:b0 + bs]
-        images = []
-        for _, path in batch:
-            with Image.open(path) as im:
-                images.append(im.copy())
+        images = [load_png(path, sha) for sha, path in batch]  # a page changed since render is refused
         feats = encoder(encoder.preprocess(images).to(device)).to("cpu", store)
         for (sha, _), f in zip(batch, feats):
             tensors[sha] = f.contiguous()
@@ -143,7 +141,7 @@ class FeatureCache:
         self.dir = Path(cache_dir)
         index_path = self.dir / INDEX
         if not index_path.is_file():
-            raise FileNotFoundError(f"no feature cache at {self.dir}: run `ocrmem encode` first")
+            raise UserFileNotFoundError(f"no feature cache at {self.dir}: run `ocrmem encode` first")
         self.index = json.loads(index_path.read_text())
         if not self.index.get("complete"):
             raise CacheMismatchError(f"feature cache {self.dir} is incomplete (an encode was interrupted): "

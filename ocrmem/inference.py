@@ -30,6 +30,7 @@ class Answer:
     cut_chars: int  # leading characters of the history that did not fit render.max_pages
     pages: list[Image.Image] = field(default_factory=list)  # the memory pages as rendered
     memory_tokens: int = 0  # LLM positions the memory took
+    missing_glyphs: dict[str, int] = field(default_factory=dict)  # characters the font cannot draw (tofu)
 
 
 def history_text(history: str | list[dict]) -> str:
@@ -87,7 +88,8 @@ class MemoryLLM:
                                  max_new_tokens=max_new_tokens, **kw)
             for r, row in zip(rendered, new.cpu().tolist()):
                 out.append(Answer(text=tok.decode(row, skip_special_tokens=True).strip(), cut_chars=r.cut_chars,
-                                  pages=r.pages, memory_tokens=sum(model.page_memory_tokens(r.page_lines))))
+                                  pages=r.pages, memory_tokens=sum(model.page_memory_tokens(r.page_lines)),
+                                  missing_glyphs=r.missing_glyphs))
         return out
 
     def answer(self, history: str | list[dict], prompt: str, max_new_tokens: int = 64) -> Answer:

@@ -28,6 +28,8 @@ from pathlib import Path
 
 from PIL import Image, ImageColor, ImageDraw, ImageFont
 
+from ocrmem.errors import UserError
+
 from ocrmem.io import sha256_bytes, write_atomic
 from ocrmem.settings import RenderSettings
 
@@ -99,7 +101,7 @@ def resolve_font_path(path: str | None) -> str:
         return default_font_path()
     p = Path(path).expanduser()
     if not p.is_file():
-        raise ValueError(
+        raise UserError(
             f"render.font_path = {path!r}: no such font file: point render.font_path in params.yaml at a "
             f"TTF/OTF/TTC file, or set it to null to use the bundled Noto Sans CJK"
         )
@@ -112,7 +114,7 @@ def load_font(path: str | None, size: int) -> ImageFont.FreeTypeFont:
     try:
         return _load_font_cached(resolved, int(size))
     except OSError as e:
-        raise ValueError(
+        raise UserError(
             f"render.font_path = {path!r}: cannot be read as a font ({e}): use a TTF/OTF/TTC file"
         ) from None
 
@@ -204,10 +206,8 @@ def line_width(rs: RenderSettings) -> int:
 
 
 def line_boxes(rs: RenderSettings) -> list[tuple[int, int, int, int]]:
-    """(x0, y0, x1, y1) of every line slot of a page, top to bottom: where `render_pages` draws line i.
-
-    The one statement of the page's line grid: line encoders crop these strips, the manifest records
-    how many of them each page fills."""
+    """(x0, y0, x1, y1) of each line slot, top to bottom: the one page grid that render_pages draws on,
+    line encoders crop, and the manifest's page_lines count."""
     lh, x0, x1 = line_height(rs), rs.margin, rs.page_size - rs.margin
     return [(x0, rs.margin + i * lh, x1, min(rs.page_size, rs.margin + (i + 1) * lh)) for i in range(lines_per_page(rs))]
 
@@ -334,7 +334,7 @@ def _colour(c: str) -> int:
     try:
         return ImageColor.getcolor(c, "L")
     except ValueError:
-        raise ValueError(f"render colour {c!r} is not a colour: use e.g. '#000000' or 'black'") from None
+        raise UserError(f"render colour {c!r} is not a colour: use e.g. '#000000' or 'black'") from None
 
 
 def _draw_line(img: Image.Image, s: str, x0: int, y: int, font: ImageFont.FreeTypeFont, fg: int) -> None:
@@ -380,6 +380,16 @@ def png_bytes(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=3, optimize=False)
     return buf.getvalue()
+
+
+def load_png(path: str | os.PathLike, sha256: str) -> Image.Image:
+    """The rendered page at `path`, refused unless its bytes still have the manifest's sha256."""
+    data = Path(path).read_bytes()
+    if sha256_bytes(data) != sha256:
+        raise UserError(f"{path}: changed since it was rendered (sha256 {sha256_bytes(data)[:12]}..., manifest "
+                        f"{sha256[:12]}...): rerun `ocrmem render` to draw it again")
+    with Image.open(io.BytesIO(data)) as im:
+        return im.copy()
 
 
 def save_png(img: Image.Image, path: str | os.PathLike) -> str:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
+from ocrmem.errors import UserError
 from ocrmem.model.registry import ENCODERS, PROJECTORS
 
 ENCODER_KINDS = tuple(ENCODERS)  # one source: the registry the builders look up
@@ -26,7 +27,7 @@ OBJECTIVES = ("qa", "reconstruct", "continue")
 CONDITIONS = ("no_memory", "truncated_text", "truncated_text_trained", "ocr_memory", "full_text", "full_text_trained")
 
 
-class ConfigError(Exception):
+class ConfigError(UserError):
     """A config that must not start. `messages` holds one line per bad field."""
 
     def __init__(self, messages: list[str]):
@@ -63,19 +64,12 @@ class ModelSettings(Section):
         2, gt=0, description="pixels encoder: average-pool the page by this factor before cutting patches."
     )
     projector: str = Field("linear", description=f"Projector kind, one of {PROJECTOR_KINDS}.")
-    token_pool: int = Field(
-        1, gt=0, description="The compression knob. Square-grid encoders: average k x k neighbouring page tokens "
-        "(pages cost k^2 fewer tokens). Line encoders (ppocr_rec): concatenate k consecutive frames of a line into "
-        "one memory token (a line costs k times fewer tokens).",
-    )
-    soft_prompt_tokens: int = Field(
-        0, ge=0, description="Trained vectors read right before the memory (a small task adapter, part of the "
-        "adapter). The trained text baselines get the same number, so conditions differ in the memory alone.",
-    )
-    recognizer_layer: Literal["neck", "backbone"] = Field(
-        "neck", description="ppocr_rec encoder: which recognizer features become tokens: the pre-CTC neck "
-        "(120 per frame, what the CTC head reads) or the backbone (384 per frame).",
-    )
+    token_pool: int = Field(1, gt=0, description="The compression knob: square grids average k x k tokens (a page "
+                            "costs k^2 fewer); line encoders (ppocr_rec) concatenate k frames of a line per token.")
+    soft_prompt_tokens: int = Field(0, ge=0, description="Trained vectors read right before the memory (part of "
+                                    "the adapter); the trained text baselines get as many, so only the memory differs.")
+    recognizer_layer: Literal["neck", "backbone"] = Field("neck", description="ppocr_rec: the pre-CTC neck (120 per "
+                                                          "frame, what CTC reads) or the backbone (384) as tokens.")
     trust_remote_code: bool = Field(False, description="Allow hub repos to run their own code. Off unless you need it.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of both models.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
@@ -185,10 +179,8 @@ class TrainSettings(Section):
     logging_steps: int = Field(5, gt=0, description="Log every N steps.")
     save_steps: int = Field(20, gt=0, description="Checkpoint every N steps (resume point).")
     save_total_limit: int = Field(2, gt=0, description="Checkpoints kept.")
-    align_steps: int = Field(
-        0, ge=0, description="Projector alignment before the LLM-in-the-loop steps (ocrmem/align.py): regress memory "
-        "tokens onto the LLM embeddings of the text the recognizer reads in them. Needs encoder ppocr_rec (neck).",
-    )
+    align_steps: int = Field(0, ge=0, description="Projector alignment steps before the LLM-in-the-loop ones "
+                             "(ocrmem/align.py; no LLM pass). Needs encoder ppocr_rec with recognizer_layer neck.")
     align_learning_rate: float = Field(1e-3, gt=0, description="Learning rate of the alignment regression.")
     bf16: bool = Field(False, description="bf16 autocast (GPUs).")
     gradient_checkpointing: bool = Field(False, description="Checkpoint the frozen LLM (non-reentrant).")
@@ -342,6 +334,12 @@ def check_model_paths(s: Settings) -> None:
                 f"{field} = {name!r}: local path does not exist: run `ocrmem standins` "
                 f"(or `dvc repro standins`) to build the local models, or point it at a hub id"
             )
+        elif not is_local_path(name) and not Path(name).expanduser().exists():
+            from ocrmem.model.hub import hub_problem
+
+            problem = hub_problem(name, s.model.revision)
+            if problem:
+                bad.append(f"{field} = {name!r}: {problem}: for a local directory start it with ./ or /")
     for field, name in names:
         cfg = Path(name).expanduser() / "config.json"
         if is_local_path(name) and cfg.is_file() and not s.model.trust_remote_code:
@@ -361,10 +359,32 @@ def check_model_paths(s: Settings) -> None:
         raise ConfigError(bad)
 
 
+def check_values(s: Settings) -> None:
+    """Refuse values that are each valid but fail once used: a missing font file, a page geometry a
+    weightless encoder cannot cut (e.g. pixel_downsample not dividing the line height)."""
+    from ocrmem.model.registry import ENCODERS, lookup
+
+    bad = []
+    font = s.render.font_path
+    if font is not None and not Path(font).expanduser().is_file():
+        bad.append(f"render.font_path = {font!r}: no such font file: point it at a TTF/OTF/TTC file, or set it "
+                   "to null to use the bundled Noto Sans CJK")
+    cls = lookup(ENCODERS, s.model.encoder, "encoder")
+    if getattr(cls, "weightless", False):  # building it loads nothing, so its own checks run here
+        try:
+            cls.from_settings(s.model, s.render)
+        except UserError as e:
+            bad.append(f"model.encoder = {s.model.encoder!r}: {e}")
+    if bad:
+        raise ConfigError(bad)
+
+
 def validate(settings: Settings, static: bool = True, out: str | os.PathLike | None = None) -> dict:
-    """The validate stage: the config was read without error (load_settings); unless `static`, local
-    model paths must exist too (else ConfigError). On success writes {"valid": true} to `out`: constant
-    content, so a stage depending on it reruns only when validation's verdict changes."""
+    """The validate stage: the config was read without error (load_settings) and its values fit together
+    (check_values); unless `static`, model names must resolve too (check_model_paths; else ConfigError).
+    On success writes {"valid": true} to `out`: constant content, so a stage depending on it reruns only
+    when validation's verdict changes."""
+    check_values(settings)
     if not static:
         check_model_paths(settings)
     if out is not None:

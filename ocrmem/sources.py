@@ -7,19 +7,22 @@ The synthetic memory task is in ocrmem/tasks.py; `ocrmem.data.load_examples` pic
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ocrmem.errors import UserError, read_utf8
 from ocrmem.io import sha256_bytes
 
 SPLITS = ("train", "eval")
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A bad input file or record; the message names the file, the line and what is wrong."""
 
 
@@ -81,7 +84,7 @@ def read_jsonl(path: str | os.PathLike) -> list[Example]:
     if not path.is_file():
         raise DataError(f"{path}: no such file: fix data.train_files / data.eval_files in params.yaml")
     out = []
-    with open(path, encoding="utf-8") as f:
+    with io.StringIO(read_utf8(path)) as f:  # undecodable bytes: named by file and line
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -114,6 +117,9 @@ def read_jsonl(path: str | os.PathLike) -> list[Example]:
             if not isinstance(rid, (str, int)):
                 raise DataError(f"{where}: 'id' must be a string, got {type(rid).__name__}")
             out.append(Example(str(rid), hist, rec["prompt"], rec["target"], cont, dict(meta)))
+    if not out:
+        raise DataError(f"{path}: no examples (the file is empty or blank): add JSON lines or remove it from "
+                        "data.train_files / data.eval_files")
     return out
 
 
@@ -122,7 +128,7 @@ def read_text_corpus(path: str | os.PathLike, history_chars: int, continuation_c
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file: fix data.train_files / data.eval_files in params.yaml")
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = read_utf8(path)
     step = history_chars + continuation_chars
     out = []
     for i, s in enumerate(range(0, len(text) - step + 1, step)):
@@ -134,4 +140,12 @@ def read_text_corpus(path: str | os.PathLike, history_chars: int, continuation_c
         cut = max(1, len(text) * 9 // 10)
         out.append(Example(f"{path.stem}-0", text[:cut], "Continue the text.", text[cut:], text[cut:],
                            {"source": str(path), "offset": 0}))  # fmt: skip
+    if not out:
+        raise DataError(f"{path}: no text (the file is empty or blank): remove it from data.train_files / "
+                        "data.eval_files")
+    used = len(out) * step if len(text) >= step else len(text)
+    if text[used:].strip():  # a tail shorter than one window: say so rather than drop it silently
+        print(f"{path}: the last {len(text) - used} of {len(text)} characters are shorter than one window "
+              f"(data.text_history_chars + data.text_continuation_chars = {step}) and are not used: lower "
+              "those to use more of the file", file=sys.stderr)
     return out

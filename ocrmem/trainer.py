@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -23,13 +24,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints, sort_checkpoints
 
 from ocrmem.align import align
 from ocrmem.dataset import TrainingInputs, first_batch, training_inputs
 from ocrmem.gradcheck import GradientFlowError, check_gradient_flow
 from ocrmem.io import write_json
-from ocrmem.model.ocrmem import ADAPTER_WEIGHTS, OcrMemModel
+from ocrmem.model.ocrmem import ADAPTER_WEIGHTS, OcrMemModel, read_adapter
 from ocrmem.settings import OBJECTIVES, Settings
 from ocrmem.tracking import print0, trainer_report_to
 
@@ -38,8 +39,39 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+PARTIAL = ".partial-"  # prefix of a checkpoint being written; renamed to checkpoint-N when whole
+
+
+def _incomplete(ckpt: Path) -> str | None:
+    """Why checkpoint directory `ckpt` cannot be resumed from, or None when it is complete."""
+    state = ckpt / "trainer_state.json"
+    if not state.is_file():
+        return "it has no trainer_state.json (a run was killed while saving it)"
+    try:
+        json.loads(state.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return "its trainer_state.json is torn (a run was killed while saving it)"
+    if not ((ckpt / ADAPTER_WEIGHTS).is_file() or (ckpt / "latest").is_file()):  # latest: DeepSpeed's engine state
+        return f"it has no {ADAPTER_WEIGHTS}"
+    return None
+
+
+def last_complete_checkpoint(out_dir: str | Path, report: bool = True) -> str | None:
+    """The newest checkpoint-N in `out_dir` that a run can resume from; each newer incomplete one is
+    skipped, and (with `report`) said so with the reason."""
+    if not os.path.isdir(out_dir):
+        return None
+    for ckpt in reversed(sort_checkpoints(str(out_dir), PREFIX_CHECKPOINT_DIR)):
+        why = _incomplete(Path(ckpt))
+        if why is None:
+            return ckpt
+        if report:
+            print0(f"skipping {ckpt}: {why}; resuming from the newest complete checkpoint before it")
+    return None
+
+
 def _nonfinite(what: str, args, state) -> NonFiniteLossError:
-    last = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
+    last = last_complete_checkpoint(args.output_dir, report=False)
     return NonFiniteLossError(
         f"{what} at step {state.global_step}: training stopped; the last good checkpoint is "
         f"{last or 'none (no checkpoint saved yet)'}; lower train.learning_rate or use fp32/bf16"
@@ -76,6 +108,8 @@ class OcrMemTrainer(Trainer):
             report = check_gradient_flow(self.model, batch)
             if not report.ok:
                 raise GradientFlowError(report)
+            print0(f"step-0 gradient check passed: loss {report.loss:.4f}, gradient reaches "
+                   f"{len(report.trainable_grad_norms)} trainable tensors and no frozen one")
         return super().train(*args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -99,6 +133,30 @@ class OcrMemTrainer(Trainer):
             self._obj_n.zero_()
         super().log(logs, *args, **kwargs)
 
+    def _get_output_dir(self, trial) -> str:
+        return getattr(self, "_partial_root", None) or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial):
+        # The Trainer writes checkpoint-N file by file (trainer_state.json last, not atomically): write it
+        # under a hidden name and rename it when whole, so a kill mid-save never leaves a checkpoint-N.
+        run_dir = self._get_output_dir(trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        self._partial_root = os.path.join(run_dir, PARTIAL + name)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._partial_root = None
+        self.accelerator.wait_for_everyone()  # every rank's shards are in before the rename
+        if self.args.should_save:
+            final = os.path.join(run_dir, name)
+            if os.path.isdir(final):  # a rerun that reached the same step
+                shutil.rmtree(final)
+            os.replace(os.path.join(run_dir, PARTIAL + name, name), final)
+            shutil.rmtree(os.path.join(run_dir, PARTIAL + name), ignore_errors=True)
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+        self.accelerator.wait_for_everyone()
+
     def _save(self, output_dir: str | None = None, state_dict=None):
         # Only the trained tensors (plus the JSON naming the frozen parts); the frozen LLM is never copied.
         output_dir = output_dir or self.args.output_dir
@@ -110,9 +168,7 @@ class OcrMemTrainer(Trainer):
         path = Path(resume_from_checkpoint) / ADAPTER_WEIGHTS
         if self.is_deepspeed_enabled or not path.is_file():
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        from safetensors.torch import load_file
-
-        (model or self.model).load_trained_state(load_file(str(path)))
+        (model or self.model).load_trained_state(read_adapter(resume_from_checkpoint))
 
 
 class PagesToWandb(TrainerCallback):
@@ -176,6 +232,17 @@ def deepspeed_command(settings: Settings, params_path: str, resume: bool = True)
     return cmd + ([] if resume else ["--no-resume"])
 
 
+def mean_train_loss(result, log_history: list[dict], resumed_step: int) -> float:
+    """Mean training loss of the whole run: this session's steps plus, after a resume, the steps logged
+    before it (the Trainer's own figure covers only the steps since the resume)."""
+    before, last = 0.0, 0
+    for h in log_history:
+        if "loss" in h and last < h["step"] <= resumed_step:
+            before, last = before + h["loss"] * (h["step"] - last), h["step"]
+    ran = result.global_step - resumed_step
+    return (before + result.training_loss * ran) / max(last + ran, 1)
+
+
 def _print_counts(model: OcrMemModel) -> dict:
     counts = model.parameter_counts()
     print0(f"trainable parameters: {counts['trainable']:,} of {counts['total']:,} "
@@ -196,6 +263,10 @@ def _make_trainer(settings: Settings, t: TrainingInputs, report_to: str, callbac
     )
 
 
+def _step_of(checkpoint: str | None) -> int:
+    return int(str(checkpoint).rsplit("-", 1)[1]) if checkpoint else 0
+
+
 def train(settings: Settings, model: OcrMemModel | None = None, resume: bool = True,
           callbacks: list | None = None, metrics_path: str | Path | None = "metrics/train.json") -> dict:
     """The train stage: the projector on the rendered data; writes the adapter and metrics/train.json."""
@@ -203,12 +274,14 @@ def train(settings: Settings, model: OcrMemModel | None = None, resume: bool = T
     t = training_inputs(settings, model)
     counts = _print_counts(t.model)
     out_dir = settings.train.output_dir
-    last = get_last_checkpoint(out_dir) if resume and os.path.isdir(out_dir) else None
+    last = last_complete_checkpoint(out_dir) if resume else None
     aligned = {}
     if settings.train.align_steps and not last:  # a resumed run restores the aligned projector instead
         aligned = align(settings, t.model, t.train.rows, t.train.pages)
     trainer = _make_trainer(settings, t, report_to, callbacks)
     before = heldout_loss(t.model, t.eval, trainer.data_collator, settings.eval.batch_size)
+    for partial in Path(out_dir).glob(PARTIAL + "*") if trainer.is_world_process_zero() else []:
+        shutil.rmtree(partial, ignore_errors=True)  # a checkpoint a killed run did not finish writing
     if last:
         print0(f"resuming from {last}")
     t0 = time.time()
@@ -219,7 +292,8 @@ def train(settings: Settings, model: OcrMemModel | None = None, resume: bool = T
     logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     metrics = {
         "final_loss": round(float(logged[-1]), 5) if logged else None,
-        "mean_train_loss": round(float(result.training_loss), 5), "steps": int(result.global_step),
+        "mean_train_loss": round(mean_train_loss(result, trainer.state.log_history, _step_of(last)), 5),
+        "steps": int(result.global_step),
         "samples_per_second": round(result.metrics.get("train_samples_per_second", 0.0), 3),
         "train_seconds": round(seconds, 1), "trainable_parameters": counts["trainable"],
         "total_parameters": counts["total"], "eval_loss_before": round(before, 5), "eval_loss_after": round(after, 5),

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ocrmem.errors import UserError
 from ocrmem.model.hub import hub_kwargs, resolve_file
 from ocrmem.model.projector import pooled_tokens
 from ocrmem.model.registry import ENCODERS, lookup
@@ -44,11 +45,12 @@ class PixelEncoder(nn.Module):
     """
 
     kind = "pixels"
+    weightless = True  # built from settings alone: `ocrmem validate` builds it to check the geometry
 
     def __init__(self, patch_size: int, page_size: int, downsample: int = 1):
         super().__init__()
         if page_size % (patch_size * downsample):
-            raise ValueError(
+            raise UserError(
                 f"model.pixel_patch_size={patch_size} x model.pixel_downsample={downsample} does not divide "
                 f"render.page_size={page_size}: pick values whose product divides the page"
             )
@@ -101,7 +103,7 @@ class PixelLineEncoder(PixelEncoder):
         self.top, self.lh, self.n = rs.margin, line_height(rs), lines_per_page(rs)
         self.width = rs.page_size - 2 * rs.margin
         if self.lh % downsample or self.width % downsample:
-            raise ValueError(
+            raise UserError(
                 f"model.pixel_downsample={downsample} must divide the line height ({self.lh}px = render.font_size x "
                 f"render.line_spacing) and the text width ({self.width}px = page_size - 2 x margin): pick another"
             )
@@ -174,7 +176,7 @@ class DeepseekOcr2Encoder(nn.Module):
 
         config = AutoConfig.from_pretrained(name, **hub_kwargs(ms))
         if getattr(config, "model_type", None) != "deepseek_ocr2":
-            raise ValueError(
+            raise UserError(
                 f"model.ocr_model_name={name!r} is a {config.model_type!r} checkpoint, not deepseek_ocr2: "
                 "use encoder: hf_vision for other vision models"
             )
@@ -196,7 +198,7 @@ class DeepseekOcr2Encoder(nn.Module):
         bad = [k for k in info["missing_keys"] if "vision_tower" in k]
         bad += [k for k, *_ in info["mismatched_keys"] if "vision_tower" in k]
         if bad:
-            raise ValueError(f"{name!r}: vision tower weights missing or misshaped ({bad[:5]}): not a DeepSeek-OCR-2 checkpoint?")
+            raise UserError(f"{name!r}: vision tower weights missing or misshaped ({bad[:5]}): not a DeepSeek-OCR-2 checkpoint?")
         tower = full.model.vision_tower
         del full
         pre = resolve_file(name, "preprocessor_config.json", ms.revision)

@@ -4,6 +4,7 @@ single files of a checkpoint, and the base LLM's tokenizer (light: no model is b
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 from ocrmem.settings import ModelSettings, is_local_path
@@ -31,6 +32,29 @@ def resolve_file(name: str, filename: str, revision: str | None) -> Path | None:
         return Path(hf_hub_download(name, filename, revision=revision))
     except EntryNotFoundError:
         return None
+
+
+def hub_problem(name: str, revision: str | None = None, timeout: float = 10.0) -> str | None:
+    """None when `name` is a model in the local hub cache or on the hub; else why it is not, in words.
+
+    Asks the hub once, with a short timeout; HF_HUB_OFFLINE=1 means no request at all."""
+    from huggingface_hub import HfApi, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        if isinstance(try_to_load_from_cache(name, "config.json", revision=revision), str):
+            return None
+    except HFValidationError:
+        return "not a local directory, and not a valid hub id (owner/name): start a local path with ./ or /"
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        return "not a local directory, and the hub is unreachable (HF_HUB_OFFLINE is set)"
+    try:
+        HfApi().model_info(name, revision=revision, timeout=timeout)
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        return "not a local directory, and no such model on the hub (a private one needs HF_TOKEN)"
+    except Exception as e:  # noqa: BLE001 - any network failure means the same to the user
+        return f"not a local directory, and the hub is unreachable ({type(e).__name__})"
+    return None
 
 
 def load_tokenizer(ms: ModelSettings):

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ocrmem.errors import UserError, UserFileNotFoundError
 from ocrmem.io import write_json
 from ocrmem.model.encoder import DTYPES, FrozenEncoder, build_encoder
 from ocrmem.model.hub import hub_kwargs, load_tokenizer
@@ -58,6 +59,32 @@ def load_llm(ms: ModelSettings):
     llm.requires_grad_(False)
     llm.eval()
     return llm, load_tokenizer(ms)
+
+
+def read_adapter(adapter_dir: str | Path, cfg: dict | None = None) -> dict[str, torch.Tensor]:
+    """The trained tensors of an adapter (or checkpoint) directory, refused with the path and the reason
+    unless the file reads, every tensor is finite, and names and shapes match its adapter_config.json."""
+    path = Path(adapter_dir) / ADAPTER_WEIGHTS
+    if not path.is_file():
+        raise UserFileNotFoundError(f"{path} not found: is {adapter_dir} an adapter written by `ocrmem train`?")
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types, none naming the file
+        raise UserError(f"{path}: cannot be read ({type(e).__name__}: {e}): the file is truncated or corrupted; "
+                        "copy it again or retrain") from None
+    for name, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise UserError(f"{path}: tensor {name} has non-finite values (NaN or inf): this adapter cannot "
+                            "answer; use an earlier checkpoint or retrain")
+    if cfg is None and (Path(adapter_dir) / ADAPTER_CONFIG).is_file():
+        cfg = json.loads((Path(adapter_dir) / ADAPTER_CONFIG).read_text())
+    want = (cfg or {}).get("shapes") or {n: None for n in (cfg or {}).get("trainable", tensors)}
+    have = {n: list(t.shape) for n, t in tensors.items()}
+    bad = sorted(n for n in set(want) | set(have) if n not in have or n not in want or want[n] not in (None, have[n]))
+    if bad:
+        raise UserError(f"{path}: tensors {[(n, have.get(n)) for n in bad[:3]]} do not match {ADAPTER_CONFIG} "
+                        f"{[(n, want.get(n)) for n in bad[:3]]}: the files are from different runs; copy both again")
+    return tensors
 
 
 def _cache_of(out):
@@ -113,11 +140,12 @@ class OcrMemModel(nn.Module):
         adapter_dir = Path(adapter_dir)
         cfg_file = adapter_dir / ADAPTER_CONFIG
         if not cfg_file.is_file():
-            raise FileNotFoundError(f"{cfg_file} not found: is {adapter_dir} an adapter written by `ocrmem train`?")
+            raise UserFileNotFoundError(f"{cfg_file} not found: is {adapter_dir} an adapter written by `ocrmem train`?")
         cfg = json.loads(cfg_file.read_text())
+        tensors = read_adapter(adapter_dir, cfg)  # before the LLM loads: a bad file costs nothing
         settings = Settings.model_validate({"model": {**cfg["model"], **model_overrides}, "render": cfg["render"]})
         model = cls.build(settings)
-        model.load_trained_state(load_file(str(adapter_dir / ADAPTER_WEIGHTS)))
+        model.load_trained_state(tensors)
         return model
 
     def adapter_config(self) -> dict:
@@ -142,7 +170,8 @@ class OcrMemModel(nn.Module):
         if set(tensors) != names:
             raise RuntimeError(f"adapter is missing trained tensors {sorted(names - set(tensors))[:5]}")
         save_file(tensors, str(out_dir / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-        write_json(out_dir / ADAPTER_CONFIG, self.adapter_config())
+        shapes = {n: list(t.shape) for n, t in sorted(tensors.items())}  # as saved (ZeRO-3: gathered)
+        write_json(out_dir / ADAPTER_CONFIG, {**self.adapter_config(), "shapes": shapes})
         return out_dir
 
     def load_trained_state(self, tensors: dict[str, torch.Tensor]) -> None:

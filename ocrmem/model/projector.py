@@ -13,6 +13,8 @@ import math
 import torch
 from torch import nn
 
+from ocrmem.errors import UserError
+
 from ocrmem.model.registry import PROJECTORS, lookup
 
 
@@ -29,7 +31,7 @@ class TokenPool(nn.Module):
         p, n, d = x.shape
         side = math.isqrt(n)
         if side * side != n or side % self.k:
-            raise ValueError(f"model.token_pool={self.k} needs a square token grid divisible by it; got {n} tokens")
+            raise UserError(f"model.token_pool={self.k} needs a square token grid divisible by it; got {n} tokens")
         grid = x.transpose(1, 2).reshape(p, d, side, side)
         return nn.functional.avg_pool2d(grid, self.k).flatten(2).transpose(1, 2)
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import importlib
 
+from ocrmem.errors import UserError
+
 ENCODERS = {
     "pixels": "ocrmem.model.encoder:PixelEncoder",
     "pixel_lines": "ocrmem.model.encoder:PixelLineEncoder",
@@ -28,6 +30,6 @@ PROJECTORS = {
 def lookup(table: dict[str, str], kind: str, field: str):
     """The class/builder registered for `kind`; a clear error naming the field and the choices otherwise."""
     if kind not in table:
-        raise ValueError(f"model.{field}={kind!r} is unknown: use one of {', '.join(table)}")
+        raise UserError(f"model.{field}={kind!r} is unknown: use one of {', '.join(table)}")
     module, attr = table[kind].split(":")
     return getattr(importlib.import_module(module), attr)
