@@ -297,7 +297,7 @@ def _format_error(err: dict[str, Any]) -> str:
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown key: remove it or check its spelling against params.yaml"
-    return f"{loc} = {err.get('input')!r}: {msg}"
+    return f"{loc} = {err.get('input')!r}: {msg}" if loc else msg  # a cross-section check names its own fields
 
 
 def load_settings(path: str | os.PathLike | None = "params.yaml", **overrides: Any) -> Settings:

@@ -113,9 +113,10 @@ def test_validate_refuses_a_missing_font(tmp_path, capsys):
 
 def test_validate_refuses_downsample_not_dividing_the_line_height(tmp_path, capsys):
     lines = {"encoder": "pixel_lines", "ocr_model_name": "pixel_lines", "token_pool": 1}  # the encoder this checks
-    p = _repo_params(tmp_path, model=lines, render={"font_size": 20})  # line height 25px, pixel_downsample 2
+    p = _repo_params(tmp_path, model=lines, render={"font_size": 20},  # line height 25px, pixel_downsample 2
+                     train={"align_steps": 0})
     _exits_2(capsys, ["validate", "--static", "--params", str(p)], "model.pixel_downsample=2 must divide the line height")
-    ok = _repo_params(tmp_path, model=lines, render={"font_size": 24})
+    ok = _repo_params(tmp_path, model=lines, render={"font_size": 24}, train={"align_steps": 0})
     assert main(["validate", "--static", "--params", str(ok)]) == 0
 
 
