@@ -339,19 +339,38 @@ def _draw_line(img: Image.Image, s: str, x0: int, y: int, font: ImageFont.FreeTy
         x += adv
 
 
+def draw_page(lines: list[str], rs: RenderSettings, font: ImageFont.FreeTypeFont | None = None) -> Image.Image:
+    """One page (mode "L") with line i of `lines` (already `clean_line`d) on grid row i."""
+    font = font or load_font(rs.font_path, rs.font_size)
+    lh, fg = line_height(rs), _colour(rs.foreground)
+    img = Image.new("L", (rs.page_size, rs.page_size), _colour(rs.background))
+    for i, s in enumerate(lines):
+        _draw_line(img, s, rs.margin, rs.margin + i * lh, font, fg)
+    return img
+
+
+def all_lines(text: str, rs: RenderSettings, font: ImageFont.FreeTypeFont | None = None) -> list[tuple[int, int]]:
+    """Every visual line of `text` front to back, no page budget (trailing blank lines dropped):
+    the layout a growing history pages through, since text appended later never moves them."""
+    font = font or load_font(rs.font_path, rs.font_size)
+    spans = _hard_lines(text)
+    while spans and text[spans[-1][0]:spans[-1][1]].strip() == "":
+        spans.pop()
+    return [ln for hs, he in spans for ln in wrap_line(text, hs, he, font, line_width(rs))]
+
+
+def clean_line(s: str) -> str:
+    """A line's text as it is drawn (tabs expanded, control characters dropped)."""
+    return _clean(s)
+
+
 def render_pages(text: str, rs: RenderSettings) -> RenderResult:
     """Lay `text` out on at most rs.max_pages pages (mode "L", page_size square), keeping its end."""
     font = load_font(rs.font_path, rs.font_size)
     lines, cut = layout(text, rs, font)
     per_page = lines_per_page(rs)
-    lh = line_height(rs)
-    fg, bg = _colour(rs.foreground), _colour(rs.background)
-    pages = []
-    for p in range(max(1, -(-len(lines) // per_page))):
-        img = Image.new("L", (rs.page_size, rs.page_size), bg)
-        for i, (a, b) in enumerate(lines[p * per_page : (p + 1) * per_page]):
-            _draw_line(img, _clean(text[a:b]), rs.margin, rs.margin + i * lh, font, fg)
-        pages.append(img)
+    pages = [draw_page([_clean(text[a:b]) for a, b in lines[p * per_page : (p + 1) * per_page]], rs, font)
+             for p in range(max(1, -(-len(lines) // per_page)))]
     kept = text[cut:]
     return RenderResult(
         pages=pages,
