@@ -8,6 +8,7 @@
     ocrmem train      [--params params.yaml] [--no-resume]    ocrmem.trainer.train
     ocrmem evaluate   [--params params.yaml] [--adapter DIR]  ocrmem.evaluate.evaluate
     ocrmem generate --adapter checkpoints/adapter --history FILE --prompt "..."
+    ocrmem generate --adapter checkpoints/adapter --input questions.jsonl --output answers.jsonl
 
 A bad config exits with status 2 and one line per bad field, before anything heavy is loaded.
 """
@@ -89,12 +90,29 @@ def cmd_evaluate(args, s: Settings) -> int:
 
 
 def cmd_generate(args, s: Settings | None) -> int:
-    from ocrmem.inference import MemoryLLM
+    from ocrmem.inference import MemoryLLM, answer_file, read_questions
+    from ocrmem.sources import DataError
 
+    if (args.input is None) == (args.history is None) or (args.history is None) != (args.prompt is None) \
+            or (args.input is None) != (args.output is None):
+        print("ocrmem generate: give --history FILE --prompt TEXT, or --input FILE.jsonl --output FILE.jsonl",
+              file=sys.stderr)
+        return 2
+    try:
+        if args.input:
+            read_questions(args.input)  # every line checked before the model loads
+    except DataError as e:
+        print(f"ocrmem generate: {e}", file=sys.stderr)
+        return 2
+    llm = MemoryLLM.from_pretrained(args.adapter)
+    if args.input:
+        info = answer_file(llm, args.input, args.output, max_new_tokens=args.max_new_tokens)
+        print(f"{info['questions']} answers -> {args.output} ({info['pages_rendered']} pages drawn, "
+              f"{info['pages_from_cache']} from the page cache)")
+        return 0
     history = Path(args.history).read_text(encoding="utf-8")
     if args.history.endswith(".json"):
         history = json.loads(history)
-    llm = MemoryLLM.from_pretrained(args.adapter)
     answer = llm.answer(history, args.prompt, max_new_tokens=args.max_new_tokens)
     print(answer.text)
     if answer.cut_chars:
@@ -129,8 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         "--adapter", default=None, help="adapter dir (default: train.output_dir/adapter)")
     sp = add("generate", cmd_generate, "answer a prompt about a long history with a trained memory", params=False)
     sp.add_argument("--adapter", required=True)
-    sp.add_argument("--history", required=True, help="text file, or .json list of chat turns")
-    sp.add_argument("--prompt", required=True)
+    sp.add_argument("--history", help="text file, or .json list of chat turns (one question)")
+    sp.add_argument("--prompt", help="the question about --history")
+    sp.add_argument("--input", help='JSONL of questions: {"history": str | [turns], "prompt": str, "id"?: str}')
+    sp.add_argument("--output", help="JSONL of answers, one per question (written atomically)")
     sp.add_argument("--max-new-tokens", type=int, default=64)
 
     args = p.parse_args(argv)

@@ -16,6 +16,8 @@ that grew page by page answers exactly as a from-scratch call does.
 
 from __future__ import annotations
 
+import json
+import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -26,7 +28,8 @@ from PIL import Image
 from ocrmem.dataset import clip_prompt, memory_prompt, pad_text
 from ocrmem.render import RenderResult, draw_page, missing_glyphs, load_font
 from ocrmem.session import PageCache, PageEmbedder, PrefixCache, page_layout
-from ocrmem.sources import format_chat
+from ocrmem.io import write_jsonl
+from ocrmem.sources import DataError, format_chat
 
 
 @dataclass
@@ -161,3 +164,44 @@ class MemorySession:
         new, cache = model.decode(embeds, mask, pos, max_new_tokens, cache=cache, cached=cached)
         self.prefix.store(embeds[0], cache)
         return llm._answer(paged, new[0].cpu().tolist())
+
+
+def read_questions(path: str | Path) -> list[dict]:
+    """Lines {"history": str | [turns], "prompt": str, "id"?: str} of a JSONL file; a bad line raises
+    DataError naming the file and line (all lines are checked before any model loads)."""
+    path, rows = Path(path), []
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str):
+            raise DataError(f"{where}: expected an object with a string 'prompt', got {line.strip()[:80]!r}")
+        hist = rec.get("history", "")
+        if not isinstance(hist, (str, list)):
+            raise DataError(f"{where}: 'history' must be a string or a list of chat turns, got {type(hist).__name__}")
+        if isinstance(hist, list):
+            format_chat(hist, f"{where}")  # raises DataError on a bad turn
+        rows.append({"id": str(rec.get("id", f"line-{lineno}")), "history": hist, "prompt": rec["prompt"]})
+    return rows
+
+
+def answer_file(llm: MemoryLLM, input_path: str | Path, output_path: str | Path, max_new_tokens: int = 64,
+                progress: bool = True) -> dict:
+    """Answer every question of a JSONL file into another (written atomically, one line per question).
+    Questions about the same history share its pages through the page cache."""
+    from tqdm import tqdm
+
+    rows = read_questions(input_path)
+    out = []
+    for r in tqdm(rows, desc="answering", unit="q", disable=not progress, file=sys.stderr):
+        a = llm.answer(r["history"], r["prompt"], max_new_tokens=max_new_tokens)
+        out.append({"id": r["id"], "prompt": r["prompt"], "answer": a.text, "cut_chars": a.cut_chars,
+                    "memory_tokens": a.memory_tokens})
+    write_jsonl(output_path, out)
+    return {"questions": len(out), "pages_rendered": llm.pages.rendered, "pages_from_cache": llm.pages.cache.hits}
