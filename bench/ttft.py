@@ -36,8 +36,8 @@ from common import machine, sync, table
 
 from ocrmem.dataset import memory_prompt
 from ocrmem.inference import MemoryLLM
-from ocrmem.render import all_lines, lines_per_page
-from ocrmem.session import page_key, page_layout
+from ocrmem.render import lines_per_page
+from ocrmem.session import all_lines, page_key, page_layout
 
 PROMPT = "Which city did the grey heron fly to on day 3? Answer with one word."
 WORDS = ("red green blue grey amber silver violet golden heron otter badger falcon lynx crane maple cedar "

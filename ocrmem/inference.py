@@ -27,7 +27,7 @@ from PIL import Image
 
 from ocrmem.dataset import clip_prompt, memory_prompt, pad_text
 from ocrmem.render import RenderResult, draw_page, missing_glyphs, load_font
-from ocrmem.session import PageCache, PageEmbedder, PrefixCache, page_layout
+from ocrmem.session import LineLayout, PageCache, PageEmbedder, PrefixCache, page_layout
 from ocrmem.io import write_jsonl
 from ocrmem.sources import DataError, format_chat
 
@@ -130,6 +130,7 @@ class MemorySession:
     def __init__(self, llm: MemoryLLM, history: str | list[dict] | None = None):
         self.llm, self.text = llm, ""
         self.prefix = PrefixCache()
+        self.layout = LineLayout(llm.render_settings)  # finished hard lines are wrapped once
         self._paged = None
         if history:
             self.append(history)
@@ -148,7 +149,7 @@ class MemorySession:
 
     def paged(self):
         if self._paged is None:
-            self._paged = page_layout(self.text, self.llm.render_settings)
+            self._paged = page_layout(self.text, self.llm.render_settings, self.layout.lines(self.text))
         return self._paged
 
     @torch.no_grad()

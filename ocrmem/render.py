@@ -260,15 +260,6 @@ def wrap_line(text: str, start: int, end: int, font: ImageFont.FreeTypeFont, max
     return out
 
 
-def _hard_lines(text: str) -> list[tuple[int, int]]:
-    spans, pos = [], 0
-    for mb in _LINE_BREAK.finditer(text):
-        spans.append((pos, mb.start()))
-        pos = mb.end()
-    spans.append((pos, len(text)))
-    return spans
-
-
 def layout(text: str, rs: RenderSettings, font: ImageFont.FreeTypeFont | None = None) -> tuple[list[tuple[int, int]], int]:
     """Visual lines (offsets into text) that fit in rs.max_pages pages, and the number of leading
     characters dropped. The end of the text is kept; trailing blank lines are not laid out.
@@ -284,7 +275,7 @@ def layout(text: str, rs: RenderSettings, font: ImageFont.FreeTypeFont | None = 
     n = 0
     cut = 0
     seen_content = False
-    for hs, he in reversed(_hard_lines(text)):
+    for hs, he in reversed(hard_lines(text)):
         if not seen_content:
             if text[hs:he].strip() == "":
                 continue  # trailing blank lines
@@ -349,14 +340,18 @@ def draw_page(lines: list[str], rs: RenderSettings, font: ImageFont.FreeTypeFont
     return img
 
 
-def all_lines(text: str, rs: RenderSettings, font: ImageFont.FreeTypeFont | None = None) -> list[tuple[int, int]]:
-    """Every visual line of `text` front to back, no page budget (trailing blank lines dropped):
-    the layout a growing history pages through, since text appended later never moves them."""
-    font = font or load_font(rs.font_path, rs.font_size)
-    spans = _hard_lines(text)
-    while spans and text[spans[-1][0]:spans[-1][1]].strip() == "":
-        spans.pop()
-    return [ln for hs, he in spans for ln in wrap_line(text, hs, he, font, line_width(rs))]
+def hard_lines(text: str, start: int = 0) -> list[tuple[int, int]]:
+    """(start, end) of each hard line of text[start:] (`start`: where a hard line begins)."""
+    spans, pos = [], start
+    for mb in _LINE_BREAK.finditer(text, start):
+        spans.append((pos, mb.start()))
+        pos = mb.end()
+    spans.append((pos, len(text)))
+    return spans
+
+
+def wrap_hard_line(text: str, span: tuple[int, int], rs: RenderSettings, font: ImageFont.FreeTypeFont) -> list[tuple[int, int]]:
+    return wrap_line(text, span[0], span[1], font, line_width(rs))
 
 
 def clean_line(s: str) -> str:

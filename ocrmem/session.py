@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ocrmem.render import all_lines, clean_line, draw_page, lines_per_page, load_font
+from ocrmem.render import clean_line, draw_page, hard_lines, lines_per_page, load_font, wrap_hard_line
 
 
 @dataclass
@@ -41,10 +41,44 @@ class PagedText:
     n_lines: int
 
 
-def page_layout(text: str, rs) -> PagedText:
-    """The history as pages of whole line-chunks; the most recent rs.max_pages chunks are kept."""
-    font = load_font(rs.font_path, rs.font_size)
-    lines = all_lines(text, rs, font)
+class LineLayout:
+    """Visual lines of a text that grows at its end. A hard line followed by more text after its
+    line break cannot change any more: it is wrapped once and kept; only the last one is wrapped
+    again. Trailing blank hard lines are not laid out (they are, once text follows them)."""
+
+    def __init__(self, rs):
+        self.rs, self.font = rs, load_font(rs.font_path, rs.font_size)
+        self.groups: list[tuple[list[tuple[int, int]], bool]] = []  # (visual lines, blank?) per finished hard line
+        self.seen = ""  # the text up to `done` (a new text must start with it)
+        self.done = 0
+
+    def lines(self, text: str) -> list[tuple[int, int]]:
+        if not text.startswith(self.seen):  # not an extension of what was laid out: start over
+            self.groups, self.seen, self.done = [], "", 0
+        spans = hard_lines(text, self.done)
+        # a break at the very end may still grow ("\r" + "\n" is one break): that line stays open
+        finished = spans[:-1] if spans[-1][0] < len(text) or len(spans) < 2 else spans[:-2]
+        for sp in finished:
+            self.groups.append((wrap_hard_line(text, sp, self.rs, self.font), text[sp[0]:sp[1]].strip() == ""))
+        if finished:
+            self.done = spans[len(finished)][0]
+            self.seen = text[:self.done]
+        groups = self.groups + [(wrap_hard_line(text, sp, self.rs, self.font), text[sp[0]:sp[1]].strip() == "")
+                                for sp in spans[len(finished):]]
+        while groups and groups[-1][1]:
+            groups.pop()
+        return [ln for g, _ in groups for ln in g]
+
+
+def all_lines(text: str, rs) -> list[tuple[int, int]]:
+    """Every visual line of `text` front to back, no page budget (trailing blank lines dropped)."""
+    return LineLayout(rs).lines(text)
+
+
+def page_layout(text: str, rs, lines: list[tuple[int, int]] | None = None) -> PagedText:
+    """The history as pages of whole line-chunks; the most recent rs.max_pages chunks are kept.
+    `lines`: its visual lines when already known (a session's LineLayout)."""
+    lines = all_lines(text, rs) if lines is None else lines
     per = lines_per_page(rs)
     n_pages = max(1, -(-len(lines) // per))
     first = max(0, n_pages - rs.max_pages)

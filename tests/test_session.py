@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from ocrmem.inference import MemoryLLM
-from ocrmem.render import all_lines, lines_per_page
-from ocrmem.session import page_layout
+from ocrmem.render import lines_per_page
+from ocrmem.session import all_lines, page_layout
 from ocrmem.settings import Settings
 
 
@@ -127,3 +127,21 @@ def test_answer_keeps_the_pages_it_used(model):
     assert len(a.pages) == model.settings.render.max_pages and a.pages[0].size == (128, 128)
     assert a.memory_tokens == len(a.pages) * model.memory_tokens_per_page
     assert llm.pages.rendered == len(a.pages)  # the Answer's images were drawn for it, not by the cache
+
+
+def test_incremental_line_layout_equals_a_fresh_one_however_the_text_is_cut(model):
+    """Appends cut anywhere: inside a word, between \\r and \\n, after blank lines, in CJK text."""
+    import random
+
+    from ocrmem.session import LineLayout
+
+    rs = model.settings.render
+    text = ("first line\r\nsecond  line with   spaces\n\n\n" + _facts(0, 6) + "\r\r\n\t indented\n" +
+            "長い日本語の文章がここで折り返されるかどうか" * 3 + "\n\n  \n" + "x" * 70 + " end\n\n")
+    rng = random.Random(0)
+    for trial in range(5):
+        grow, pos = LineLayout(rs), 0
+        while pos < len(text):
+            pos = min(len(text), pos + rng.randint(1, 12))
+            assert grow.lines(text[:pos]) == LineLayout(rs).lines(text[:pos]), (trial, pos)
+    assert all_lines(text, rs) == LineLayout(rs).lines(text) and all_lines(text, rs)
