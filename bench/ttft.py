@@ -46,15 +46,19 @@ CONDITIONS = ["full_text", "ocr_cold", "ocr_warm", "ocr_warm_kv", "truncated"]
 
 
 def make_history(tok, n_tokens: int) -> str:
-    """Deterministic prose-like chat history of about n_tokens tokens (cut at a sentence)."""
-    out, i = [], 0
-    while True:
+    """Deterministic prose-like chat history of about n_tokens tokens (cut after the turn that reaches it)."""
+    out, i, chars = [], 0, 0
+    while chars < 6 * n_tokens + 400:  # more than enough: English runs at ~4 characters a token
         w = [WORDS[(i * k + k * k) % len(WORDS)] for k in (1, 3, 5, 7, 11)]
         out.append(f"user: On day {i} the {w[0]} {w[1]} carried {i % 17 + 2} {w[4]} from {w[2]} to {w[3]}; "
                    f"note it.\n\nassistant: Noted: day {i}, {w[0]} {w[1]}, {w[3]}.\n\n")
+        chars += len(out[-1])
         i += 1
-        if i % 20 == 0 and len(tok("".join(out), add_special_tokens=False).input_ids) >= n_tokens:
-            return "".join(out).rstrip()
+    text = "".join(out)
+    ends = tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    at = ends[min(n_tokens, len(ends)) - 1][1]
+    stop = text.find("\n\n", at)
+    return text[: stop if stop >= 0 else len(text)]
 
 
 class PeakRSS:
