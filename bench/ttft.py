@@ -3,6 +3,7 @@
     python bench/ttft.py --quick --out bench/results/ttft-cpu-quick.json       # 1k and 4k tokens, < 5 min
     python bench/ttft.py --out bench/results/ttft-cpu.json                     # 1k, 4k, 16k, 32k (CPU: long)
     python bench/ttft.py --device cuda --dtype bfloat16 --out bench/results/ttft-cuda.json
+    python bench/ttft.py --models tiny --lengths 512 --reps 1       # the GPU mode's code path, on a CPU
     python bench/ttft.py --plot bench/results/ttft-cpu-quick.json              # -> the same name, .png
 
 CPU: the default models of params.yaml (SmolLM2-135M-Instruct, pixel_lines encoder) with an
@@ -212,25 +213,27 @@ def breakdown(model, n_tokens: int, device) -> dict:
     return out
 
 
-def build_model(device: str, dtype: str, max_pages: int):
-    """CPU: params.yaml's default models; cuda: bench/shapes.py's real sizes. Untrained projector."""
+def build_model(kind: str, device: str, dtype: str, max_pages: int):
+    """default: params.yaml's models; real / tiny: bench/shapes.py's DeepSeek-OCR-2 tower + a
+    Qwen2-0.5B-shaped LLM (real) or their tiny versions (tiny: the same code path, runs on a CPU).
+    The projector is untrained either way."""
     from ocrmem.model.ocrmem import OcrMemModel
     from ocrmem.settings import Settings, load_settings
 
-    if device == "cpu":
+    if kind == "default":
         s = load_settings("params.yaml")
         s = Settings.model_validate({**s.model_dump(), "render": {**s.render.model_dump(), "max_pages": max_pages}})
-        return OcrMemModel.build(s)
+        return OcrMemModel.build(s).to(device)
     import shapes
     from ocrmem.model.encoder import DeepseekOcr2Encoder, FrozenEncoder
     from ocrmem.model.projector import build_projector
 
     dt = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     with torch.device(device):
-        enc = FrozenEncoder(DeepseekOcr2Encoder.from_config(shapes.vision_config("real"), dt))
-    lm = shapes.llm("0.5b", dt).to(device).requires_grad_(False).eval()
+        enc = FrozenEncoder(DeepseekOcr2Encoder.from_config(shapes.vision_config(kind), dt))
+    lm = shapes.llm("0.5b" if kind == "real" else "small", dt).to(device).requires_grad_(False).eval()
     proj = build_projector("linear", enc.out_dim, lm.get_input_embeddings().weight.shape[1], out_scale=0.02)
-    s = Settings.model_validate({"render": {"page_size": 1024, "font_size": 24, "max_pages": max_pages}})
+    s = Settings.model_validate({"render": {"page_size": enc.encoder.image_size, "font_size": 24, "max_pages": max_pages}})
     return OcrMemModel(enc, proj, lm, s, shapes.tokenizer()).to(device=device, dtype=dt).eval()
 
 
@@ -264,6 +267,8 @@ def main() -> None:
     ap.add_argument("--lengths", type=int, nargs="+", default=None, help="history lengths in text tokens")
     ap.add_argument("--reps", type=int, default=None, help="timed calls per condition (median)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--models", choices=["default", "real", "tiny"], default=None,
+                    help="default (params.yaml; the CPU default) or bench/shapes.py's real (the cuda default) / tiny sizes")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--skip-full-text-above", type=int, default=None,
                     help="do not time full text beyond this many tokens (reported as null and listed in skipped)")
@@ -276,7 +281,8 @@ def main() -> None:
     lengths = a.lengths or ([1024, 4096] if a.quick else [1024, 4096, 16384, 32768])
     reps = a.reps or (1 if a.quick else 3)
     device = torch.device(a.device)
-    model = build_model(a.device, a.dtype, max_pages=10_000)
+    kind = a.models or ("real" if device.type == "cuda" else "default")
+    model = build_model(kind, a.device, a.dtype, max_pages=10_000)
     ctx = getattr(model.llm.config, "max_position_embeddings", None)
     warm = MemoryLLM(model)  # warm-up: kernels, font glyphs, tokenizer
     warm.answer(make_history(model.tokenizer, 256), PROMPT, max_new_tokens=1)
@@ -284,7 +290,7 @@ def main() -> None:
     rows = [measure_length(model, n, device, reps, a.skip_full_text_above) for n in lengths]
     for r in rows:
         r["over_trained_context"] = bool(ctx and r["text_tokens"] > ctx)
-    result = {"machine": machine(device), "llm_max_position_embeddings": ctx, "reps": reps,
+    result = {"machine": machine(device), "models": kind, "llm_max_position_embeddings": ctx, "reps": reps,
               "encoder": model.encoder.fingerprint(), "lengths": rows,
               "breakdown": breakdown(model, lengths[-1], device)}
     table("time to first token (s)", ["text tokens", "memory", "compression"] + CONDITIONS,
