@@ -9,6 +9,7 @@
     ocrmem baselines  [--params params.yaml]                  ocrmem.baselines.baselines
     ocrmem evaluate   [--params params.yaml] [--adapter DIR]  ocrmem.evaluate.evaluate
     ocrmem generate --adapter checkpoints/adapter --history FILE --prompt "..."
+    ocrmem generate --adapter checkpoints/adapter --input questions.jsonl --output answers.jsonl
 
 A bad config exits with status 2 and one line per bad field, before anything heavy is loaded; any other
 error of input or config (ocrmem.errors.UserError) exits 2 with its one-line message, no traceback.
@@ -98,21 +99,42 @@ def cmd_evaluate(args, s: Settings) -> int:
     return 0
 
 
-def cmd_generate(args, s: Settings | None) -> int:
-    from ocrmem.inference import MemoryLLM, history_text
+def _read_history(path: str):
+    """A --history file: text, or a .json list of chat turns; says so when it is empty."""
+    from ocrmem.inference import history_text
 
-    if not Path(args.history).is_file():
-        raise UserError(f"--history {args.history}: no such file: pass a text file or a .json list of chat turns")
-    history = read_utf8(args.history)
-    if args.history.endswith(".json"):
+    if not Path(path).is_file():
+        raise UserError(f"--history {path}: no such file: pass a text file or a .json list of chat turns")
+    history = read_utf8(path)
+    if path.endswith(".json"):
         try:
             history = json.loads(history)
         except json.JSONDecodeError as e:
-            raise UserError(f"{args.history}:{e.lineno}: invalid JSON ({e.msg}): a .json history is a list of "
+            raise UserError(f"{path}:{e.lineno}: invalid JSON ({e.msg}): a .json history is a list of "
                             "{\"role\", \"content\"} turns; use a .txt file for plain text") from None
     if not history_text(history).strip():
         print("(the history is empty: answering without memory pages)", file=sys.stderr)
+    return history
+
+
+def cmd_generate(args, s: Settings | None) -> int:
+    from ocrmem.inference import MemoryLLM, answer_file, read_questions
+
+    if (args.input is None) == (args.history is None) or (args.history is None) != (args.prompt is None) \
+            or (args.input is None) != (args.output is None):
+        print("ocrmem generate: give --history FILE --prompt TEXT, or --input FILE.jsonl --output FILE.jsonl",
+              file=sys.stderr)
+        return 2
+    if args.input:
+        read_questions(args.input)  # every line checked before the model loads
+    else:
+        history = _read_history(args.history)
     llm = MemoryLLM.from_pretrained(args.adapter)
+    if args.input:
+        info = answer_file(llm, args.input, args.output, max_new_tokens=args.max_new_tokens)
+        print(f"{info['questions']} answers -> {args.output} ({info['pages_rendered']} pages drawn, "
+              f"{info['pages_from_cache']} from the page cache)")
+        return 0
     answer = llm.answer(history, args.prompt, max_new_tokens=args.max_new_tokens)
     print(answer.text)
     if answer.missing_glyphs:
@@ -152,8 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         "--adapter", default=None, help="adapter dir (default: train.output_dir/adapter)")
     sp = add("generate", cmd_generate, "answer a prompt about a long history with a trained memory", params=False)
     sp.add_argument("--adapter", required=True)
-    sp.add_argument("--history", required=True, help="text file, or .json list of chat turns")
-    sp.add_argument("--prompt", required=True)
+    sp.add_argument("--history", help="text file, or .json list of chat turns (one question)")
+    sp.add_argument("--prompt", help="the question about --history")
+    sp.add_argument("--input", help='JSONL of questions: {"history": str | [turns], "prompt": str, "id"?: str}')
+    sp.add_argument("--output", help="JSONL of answers, one per question (written atomically)")
     sp.add_argument("--max-new-tokens", type=int, default=64)
 
     args = p.parse_args(argv)

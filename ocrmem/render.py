@@ -269,15 +269,6 @@ def wrap_line(text: str, start: int, end: int, font: ImageFont.FreeTypeFont, max
     return out
 
 
-def _hard_lines(text: str) -> list[tuple[int, int]]:
-    spans, pos = [], 0
-    for mb in _LINE_BREAK.finditer(text):
-        spans.append((pos, mb.start()))
-        pos = mb.end()
-    spans.append((pos, len(text)))
-    return spans
-
-
 def layout(text: str, rs: RenderSettings, font: ImageFont.FreeTypeFont | None = None) -> tuple[list[tuple[int, int]], int]:
     """Visual lines (offsets into text) that fit in rs.max_pages pages, and the number of leading
     characters dropped. The end of the text is kept; trailing blank lines are not laid out.
@@ -293,7 +284,7 @@ def layout(text: str, rs: RenderSettings, font: ImageFont.FreeTypeFont | None = 
     n = 0
     cut = 0
     seen_content = False
-    for hs, he in reversed(_hard_lines(text)):
+    for hs, he in reversed(hard_lines(text)):
         if not seen_content:
             if text[hs:he].strip() == "":
                 continue  # trailing blank lines
@@ -349,21 +340,43 @@ def _draw_line(img: Image.Image, s: str, x0: int, y: int, font: ImageFont.FreeTy
         x += adv
 
 
+def draw_page(lines: list[str], rs: RenderSettings, font: ImageFont.FreeTypeFont | None = None) -> Image.Image:
+    """One page (mode "L") with line i of `lines` (already `clean_line`d) on grid row i."""
+    font = font or load_font(rs.font_path, rs.font_size)
+    fg = _colour(rs.foreground)
+    img = Image.new("L", (rs.page_size, rs.page_size), _colour(rs.background))
+    for s, (x0, y0, _, _) in zip(lines, line_boxes(rs)):
+        _draw_line(img, s, x0, y0, font, fg)
+    return img
+
+
+def hard_lines(text: str, start: int = 0) -> list[tuple[int, int]]:
+    """(start, end) of each hard line of text[start:] (`start`: where a hard line begins)."""
+    spans, pos = [], start
+    for mb in _LINE_BREAK.finditer(text, start):
+        spans.append((pos, mb.start()))
+        pos = mb.end()
+    spans.append((pos, len(text)))
+    return spans
+
+
+def wrap_hard_line(text: str, span: tuple[int, int], rs: RenderSettings, font: ImageFont.FreeTypeFont) -> list[tuple[int, int]]:
+    return wrap_line(text, span[0], span[1], font, line_width(rs))
+
+
+def clean_line(s: str) -> str:
+    """A line's text as it is drawn (tabs expanded, control characters dropped)."""
+    return _clean(s)
+
+
 def render_pages(text: str, rs: RenderSettings) -> RenderResult:
     """Lay `text` out on at most rs.max_pages pages (mode "L", page_size square), keeping its end."""
     font = load_font(rs.font_path, rs.font_size)
     lines, cut = layout(text, rs, font)
-    boxes = line_boxes(rs)
-    per_page = len(boxes)
-    fg, bg = _colour(rs.foreground), _colour(rs.background)
-    pages, page_lines = [], []
-    for p in range(max(1, -(-len(lines) // per_page))):
-        img = Image.new("L", (rs.page_size, rs.page_size), bg)
-        on_page = lines[p * per_page : (p + 1) * per_page]
-        for (a, b), (x0, y0, _, _) in zip(on_page, boxes):
-            _draw_line(img, _clean(text[a:b]), x0, y0, font, fg)
-        pages.append(img)
-        page_lines.append(len(on_page))
+    per_page = lines_per_page(rs)
+    chunks = [lines[p * per_page : (p + 1) * per_page] for p in range(max(1, -(-len(lines) // per_page)))]
+    pages = [draw_page([_clean(text[a:b]) for a, b in chunk], rs, font) for chunk in chunks]
+    page_lines = [len(chunk) for chunk in chunks]
     kept = text[cut:]
     return RenderResult(
         pages=pages,

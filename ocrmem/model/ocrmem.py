@@ -327,19 +327,28 @@ class OcrMemModel(nn.Module):
     # -- generation -------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, page_counts=None, pixel_values=None, features=None,
-                 memory_pos=None, page_lines=None, max_new_tokens: int = 16, eos_token_id: int | list[int] | None = None,
-                 **_ignored) -> torch.Tensor:
-        """Greedy decoding with a KV cache; returns the new token ids [B, <=max_new_tokens]."""
-        memory = None
-        if page_counts is not None and int(page_counts.sum()) > 0:
+                 memory_pos=None, page_lines=None, max_new_tokens: int = 16,
+                 eos_token_id: int | list[int] | None = None, memory=None, **_ignored) -> torch.Tensor:
+        """Greedy decoding with a KV cache; returns the new token ids [B, <=max_new_tokens].
+        `memory`: memory embeddings already computed (embed_memory), instead of pages or features."""
+        if memory is None and page_counts is not None and int(page_counts.sum()) > 0:
             memory = self.embed_memory(pixel_values=pixel_values, features=features)
         embeds, mask, pos, _, _ = self.build_inputs(input_ids, attention_mask, None, page_counts, memory, memory_pos,
                                                     page_lines)
+        return self.decode(embeds, mask, pos, max_new_tokens, eos_token_id)[0]
+
+    @torch.no_grad()
+    def decode(self, embeds, mask, pos, max_new_tokens: int = 16, eos_token_id: int | list[int] | None = None,
+               cache=None, cached: int = 0):
+        """Greedy decoding from build_inputs' output. `cache` holds the LLM's KV of the first `cached`
+        positions (a prefix prefilled before), so only the rest is prefilled. Returns (new ids, KV cache)."""
         if eos_token_id is None and self.tokenizer is not None:
             eos_token_id = self.tokenizer.eos_token_id
         eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []), device=embeds.device)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer is not None else 0
-        out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=True)
+        kw = {self._cache_kw: cache} if cache is not None else {}
+        out = self.llm(inputs_embeds=embeds[:, cached:], attention_mask=mask, position_ids=pos[:, cached:],
+                       use_cache=True, **kw)
         cache, done, new = _cache_of(out), torch.zeros(len(embeds), dtype=torch.bool, device=embeds.device), []
         next_pos = pos[:, -1:] + 1
         for _ in range(max_new_tokens):
@@ -347,10 +356,10 @@ class OcrMemModel(nn.Module):
             tok = torch.where(done, torch.full_like(tok, pad_id), tok)
             new.append(tok)
             done |= torch.isin(tok, eos) if len(eos) else torch.zeros_like(done)
-            if bool(done.all()):
+            if bool(done.all()) or len(new) == max_new_tokens:
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
             out = self.llm(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos,
                            use_cache=True, **{self._cache_kw: cache})
             cache, next_pos = _cache_of(out), next_pos + 1
-        return torch.stack(new, 1)
+        return torch.stack(new, 1), cache

@@ -1,0 +1,147 @@
+"""A growing memory (ocrmem.session): a session that grows page by page answers exactly as a
+from-scratch call does, draws and encodes only what changed, and never serves a stale page.
+Tiny random Llama, one-token-per-line encoder, 128px pages of 11 lines, 3 pages at most."""
+
+import pytest
+import torch
+
+from ocrmem.inference import MemoryLLM
+from ocrmem.render import lines_per_page
+from ocrmem.session import all_lines, page_layout
+from ocrmem.settings import Settings
+
+
+def _settings(llm_dir, **render) -> Settings:
+    return Settings.model_validate({
+        "model": {"base_llm_model_name": str(llm_dir), "encoder": "pixel_lines", "ocr_model_name": "pixel_lines",
+                  "pixel_downsample": 2},
+        "render": {"page_size": 128, "margin": 4, "font_size": 8, "line_spacing": 1.25, "max_pages": 3, **render},
+        "tracking": {"wandb_mode": "disabled"},
+    })
+
+
+@pytest.fixture(scope="module")
+def model(tiny_models):
+    from ocrmem.model.ocrmem import OcrMemModel
+
+    return OcrMemModel.build(_settings(tiny_models["llm"]))
+
+
+def _fresh(model) -> MemoryLLM:
+    return MemoryLLM(model)  # its own, empty page cache: a from-scratch call
+
+
+def _facts(a: int, b: int) -> str:
+    return "".join(f"Fact {i}: item {i} is word{i}. " for i in range(a, b))
+
+
+def test_pages_are_line_chunks_and_appending_never_moves_a_full_page(model):
+    rs = model.settings.render
+    per = lines_per_page(rs)
+    text = _facts(0, 20)
+    before = page_layout(text, rs)
+    after = page_layout(text + _facts(20, 25), rs)
+    assert len(before.pages) >= 2 and before.cut_chars == 0
+    assert all(len(p) == per for p in before.pages[:-1])
+    assert after.pages[: len(before.pages) - 1] == before.pages[:-1]  # full pages stay as they were
+    long = page_layout(_facts(0, 200), rs)  # needs more than max_pages: the most recent pages are kept
+    n_lines = len(all_lines(_facts(0, 200), rs))
+    assert len(long.pages) == rs.max_pages and long.cut_chars > 0
+    assert long.n_lines == n_lines - (-(-n_lines // per) - rs.max_pages) * per  # whole chunks dropped
+    assert _facts(0, 200)[long.cut_chars:].rstrip().endswith("word199.")
+
+
+def test_growing_session_answers_exactly_as_a_from_scratch_call(model):
+    llm = _fresh(model)
+    chat = llm.session()
+    rs, per = model.settings.render, lines_per_page(model.settings.render)
+    steps = [_facts(0, 3), _facts(3, 14), _facts(14, 24), _facts(24, 70), "and one more"]
+    questions = ["What is item 2?", "Which word is item 13?"]
+    seen_pages = []
+    for k, more in enumerate(steps):
+        chat.append(more)
+        seen_pages.append(len(chat.paged().pages))
+        for q in questions:
+            inc = chat.answer(q, max_new_tokens=6)
+            ref = _fresh(model).answer(chat.text, q, max_new_tokens=6)
+            assert inc.token_ids == ref.token_ids and inc.text == ref.text, (k, q)
+            assert inc.cut_chars == ref.cut_chars and inc.page_lines == ref.page_lines
+        # the second question reused the prefix KV: the template's head and every memory page
+        assert chat.prefix.reused >= len(chat.paged().pages) * model.memory_tokens_per_page
+    assert seen_pages[0] == 1 and len(set(seen_pages)) >= 3  # appends crossed page boundaries
+    assert seen_pages[-1] == rs.max_pages and chat.paged().cut_chars > 0  # one exceeded max_pages
+    assert chat.paged().n_lines <= rs.max_pages * per
+
+
+def test_chat_turns_grow_like_their_formatted_text(model):
+    llm = _fresh(model)
+    turns = [{"role": "user", "content": "remember k: v"}, {"role": "assistant", "content": "ok"},
+             {"role": "user", "content": _facts(0, 20)}]
+    chat = llm.session(turns[:1]).append(turns[1]).append(turns[2:])
+    ref = _fresh(model).answer(turns, "What is k?", max_new_tokens=4)
+    assert chat.answer("What is k?", max_new_tokens=4).token_ids == ref.token_ids
+
+
+def test_only_the_last_page_is_drawn_and_encoded_again(model):
+    llm = _fresh(model)
+    chat = llm.session(_facts(0, 30))
+    chat.answer("q?", max_new_tokens=1)
+    n = len(chat.paged().pages)
+    assert n >= 3 - 1 and llm.pages.rendered == llm.pages.encoded == n
+    chat.append(" x")  # changes the last page only
+    chat.answer("q?", max_new_tokens=1)
+    assert llm.pages.rendered == llm.pages.encoded == n + 1
+    chat.answer("another question?", max_new_tokens=1)  # nothing changed: nothing drawn
+    assert llm.pages.rendered == n + 1
+    # a new session over the same history (the same MemoryLLM): every page from the cache
+    llm.session(chat.text).answer("q?", max_new_tokens=1)
+    assert llm.pages.rendered == n + 1 and llm.pages.cache.hits > 0
+
+
+def test_a_page_whose_text_changed_is_drawn_again(model):
+    """Appending to the last word rewraps the last line: that page has other text, so another key."""
+    llm = _fresh(model)
+    rs = model.settings.render
+    base = "word " * 120  # the last line is full of words: appending letters to the last word rewraps it
+    chat = llm.session(base.rstrip())
+    before = chat.paged().pages
+    chat.answer("q?", max_new_tokens=1)
+    drawn = llm.pages.rendered
+    chat.append("w" * 12)
+    after = chat.paged().pages
+    changed = [i for i, (a, b) in enumerate(zip(before, after)) if a != b]
+    assert changed == [len(before) - 1] and after[-1][-1] != before[-1][-1]
+    inc = chat.answer("q?", max_new_tokens=3)
+    assert llm.pages.rendered == drawn + len(after) - len(before) + 1  # the changed page, and any new one
+    # what the cache served is what drawing that text from scratch gives
+    ref_llm = _fresh(model)
+    ref = ref_llm.answer(chat.text, "q?", max_new_tokens=3)
+    assert inc.token_ids == ref.token_ids
+    assert torch.equal(llm.pages(after), ref_llm.pages(after))
+    assert page_layout(chat.text, rs).pages == after
+
+
+def test_answer_keeps_the_pages_it_used(model):
+    llm = _fresh(model)
+    a = llm.answer(_facts(0, 200), "q?", max_new_tokens=2)
+    assert len(a.pages) == model.settings.render.max_pages and a.pages[0].size == (128, 128)
+    assert a.memory_tokens == len(a.pages) * model.memory_tokens_per_page
+    assert llm.pages.rendered == len(a.pages)  # the Answer's images were drawn for it, not by the cache
+
+
+def test_incremental_line_layout_equals_a_fresh_one_however_the_text_is_cut(model):
+    """Appends cut anywhere: inside a word, between \\r and \\n, after blank lines, in CJK text."""
+    import random
+
+    from ocrmem.session import LineLayout
+
+    rs = model.settings.render
+    text = ("first line\r\nsecond  line with   spaces\n\n\n" + _facts(0, 6) + "\r\r\n\t indented\n" +
+            "長い日本語の文章がここで折り返されるかどうか" * 3 + "\n\n  \n" + "x" * 70 + " end\n\n")
+    rng = random.Random(0)
+    for trial in range(5):
+        grow, pos = LineLayout(rs), 0
+        while pos < len(text):
+            pos = min(len(text), pos + rng.randint(1, 12))
+            assert grow.lines(text[:pos]) == LineLayout(rs).lines(text[:pos]), (trial, pos)
+    assert all_lines(text, rs) == LineLayout(rs).lines(text) and all_lines(text, rs)
