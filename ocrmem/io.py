@@ -16,6 +16,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from PIL import Image
+
+from ocrmem.errors import UserError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -84,3 +88,29 @@ def sha256_file(path: str | os.PathLike) -> str:
 def fmt(x: Any, nd: int = 3, none: str = "-") -> str:
     """A figure for a printed table: floats to `nd` decimals, None as `none`."""
     return none if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
+
+
+# -- page images ----------------------------------------------------------------------------
+
+def png_bytes(img: Image.Image) -> bytes:
+    """PNG encoding with fixed options and no metadata: same image -> same bytes."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=3, optimize=False)
+    return buf.getvalue()
+
+
+def load_png(path: str | os.PathLike, sha256: str) -> Image.Image:
+    """The rendered page at `path`, refused unless its bytes still have the manifest's sha256."""
+    data = Path(path).read_bytes()
+    if sha256_bytes(data) != sha256:
+        raise UserError(f"{path}: changed since it was rendered (sha256 {sha256_bytes(data)[:12]}..., manifest "
+                        f"{sha256[:12]}...): rerun `ocrmem render` to draw it again")
+    with Image.open(io.BytesIO(data)) as im:
+        return im.copy()
+
+
+def save_png(img: Image.Image, path: str | os.PathLike) -> str:
+    """Write `img` as PNG atomically; return the sha256 hex of the bytes."""
+    data = png_bytes(img)
+    write_atomic(path, data)
+    return sha256_bytes(data)

@@ -17,8 +17,6 @@ Pillow's BASIC layout engine is used (no raqm) so output does not depend on opti
 
 from __future__ import annotations
 
-import io
-import os
 import re
 import unicodedata
 from collections import Counter
@@ -30,7 +28,7 @@ from PIL import Image, ImageColor, ImageDraw, ImageFont
 
 from ocrmem.errors import UserError
 
-from ocrmem.io import sha256_bytes, write_atomic
+from ocrmem.io import load_png, png_bytes, save_png  # noqa: F401 (page PNGs: written and checked in io.py)
 from ocrmem.settings import RenderSettings
 
 RENDERER_VERSION = "2"  # bump when the layout or drawing changes: it invalidates rendered data
@@ -386,27 +384,3 @@ def render_pages(text: str, rs: RenderSettings) -> RenderResult:
         n_lines=len(lines),
         page_lines=page_lines,
     )
-
-
-def png_bytes(img: Image.Image) -> bytes:
-    """PNG encoding with fixed options and no metadata: same image -> same bytes."""
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=3, optimize=False)
-    return buf.getvalue()
-
-
-def load_png(path: str | os.PathLike, sha256: str) -> Image.Image:
-    """The rendered page at `path`, refused unless its bytes still have the manifest's sha256."""
-    data = Path(path).read_bytes()
-    if sha256_bytes(data) != sha256:
-        raise UserError(f"{path}: changed since it was rendered (sha256 {sha256_bytes(data)[:12]}..., manifest "
-                        f"{sha256[:12]}...): rerun `ocrmem render` to draw it again")
-    with Image.open(io.BytesIO(data)) as im:
-        return im.copy()
-
-
-def save_png(img: Image.Image, path: str | os.PathLike) -> str:
-    """Write `img` as PNG atomically; return the sha256 hex of the bytes."""
-    data = png_bytes(img)
-    write_atomic(path, data)
-    return sha256_bytes(data)
