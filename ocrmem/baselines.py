@@ -84,6 +84,7 @@ def baselines(settings: Settings) -> dict:
     if wanted and not settings.model.soft_prompt_tokens:
         raise ValueError("eval.conditions asks for trained text baselines but model.soft_prompt_tokens is 0: "
                          "give the adapter a soft prompt (e.g. 8) or drop the *_trained conditions")
+    baselines_dir(settings).mkdir(parents=True, exist_ok=True)  # the DVC output, even when nothing is asked for
     if wanted:
         llm, tok = load_llm(settings.model)
         for condition in wanted:

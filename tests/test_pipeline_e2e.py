@@ -69,7 +69,7 @@ def edit(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new))
 
 
-ALL = {"validate", "standins", "render", "encode", "gradcheck", "train", "evaluate"}
+ALL = {"validate", "standins", "render", "encode", "gradcheck", "train", "baselines", "evaluate"}
 
 
 def test_dvc_repro_reruns_only_what_changed(tmp_path):
@@ -79,7 +79,7 @@ def test_dvc_repro_reruns_only_what_changed(tmp_path):
     assert repro(repo) == set()  # nothing changed: nothing runs
 
     edit(repo / "params.yaml", "learning_rate: 0.003", "learning_rate: 0.01")
-    assert repro(repo) == {"validate", "train", "evaluate"}
+    assert repro(repo) == {"validate", "train", "baselines", "evaluate"}  # baselines train with train's settings
 
     edit(repo / "params.yaml", "font_size: 10", "font_size: 9")
     assert repro(repo) == ALL - {"standins"}
@@ -128,7 +128,7 @@ def test_prefect_flow_runs_and_caches(tmp_path, monkeypatch):
     with prefect_test_harness(server_startup_timeout=90):
         out = fp.ocrmem_pipeline(workdir=str(repo))
         assert os.getcwd() == cwd
-        assert ran == ["validate", "standins", "render", "encode", "gradcheck", "train", "evaluate"]
+        assert ran == ["validate", "standins", "render", "encode", "gradcheck", "train", "baselines", "evaluate"]
         assert out["train"]["steps"] == 2 and "ocr_memory.exact_match" in out["evaluate"]
 
         from prefect.client.orchestration import get_client
@@ -151,7 +151,7 @@ def test_prefect_flow_runs_and_caches(tmp_path, monkeypatch):
         ran.clear()
         edit(repo / "params.yaml", "learning_rate: 0.003", "learning_rate: 0.01")
         fp.ocrmem_pipeline(workdir=str(repo))
-        assert ran == ["validate", "train", "evaluate"]
+        assert ran == ["validate", "train", "baselines", "evaluate"]
 
 
 def test_process_worker_smoke():
