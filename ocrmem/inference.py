@@ -29,7 +29,7 @@ from ocrmem.dataset import clip_prompt, memory_prompt, pad_text
 from ocrmem.render import RenderResult, draw_page, missing_glyphs, load_font
 from ocrmem.session import LineLayout, PageCache, PageEmbedder, PrefixCache, page_layout
 from ocrmem.io import write_jsonl
-from ocrmem.sources import DataError, format_chat
+from ocrmem.sources import DataError, format_chat, jsonl_records
 
 
 @dataclass
@@ -184,19 +184,10 @@ class MemorySession:
 def read_questions(path: str | Path) -> list[dict]:
     """Lines {"history": str | [turns], "prompt": str, "id"?: str} of a JSONL file; a bad line raises
     DataError naming the file and line (all lines are checked before any model loads)."""
-    path, rows = Path(path), []
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str):
-            raise DataError(f"{where}: expected an object with a string 'prompt', got {line.strip()[:80]!r}")
+    rows = []
+    for where, lineno, rec in jsonl_records(path, "pass a JSONL file of questions to --input"):
+        if not isinstance(rec.get("prompt"), str):
+            raise DataError(f"{where}: expected an object with a string 'prompt', got {json.dumps(rec)[:80]}")
         hist = rec.get("history", "")
         if not isinstance(hist, (str, list)):
             raise DataError(f"{where}: 'history' must be a string or a list of chat turns, got {type(hist).__name__}")

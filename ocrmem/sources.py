@@ -78,12 +78,12 @@ def format_chat(turns: list, where: str) -> str:
     return "\n\n".join(parts)
 
 
-def read_jsonl(path: str | os.PathLike) -> list[Example]:
-    """Examples of a JSONL file: history (string or chat turns), prompt, target, [id, continuation, meta]."""
+def jsonl_records(path: str | os.PathLike, fix: str):
+    """(where "FILE:LINE", line number, object) of each non-blank line of a JSONL file; a missing file,
+    undecodable bytes, bad JSON or a non-object raise DataError naming the file and line."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: no such file: fix data.train_files / data.eval_files in params.yaml")
-    out = []
+        raise DataError(f"{path}: no such file: {fix}")
     with io.StringIO(read_utf8(path)) as f:  # undecodable bytes: named by file and line
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -95,28 +95,36 @@ def read_jsonl(path: str | os.PathLike) -> list[Example]:
                 raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(rec, dict):
                 raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-            hist = rec.get("history")
-            if isinstance(hist, list):
-                hist = format_chat(hist, where)
-            elif not isinstance(hist, str):
-                raise DataError(
-                    f"{where}: 'history' must be a string or a list of chat turns, got "
-                    f"{'nothing' if hist is None else type(hist).__name__}"
-                )
-            for key in ("prompt", "target"):
-                if not isinstance(rec.get(key), str):
-                    got = "nothing" if key not in rec else type(rec[key]).__name__
-                    raise DataError(f"{where}: '{key}' must be a string, got {got}")
-            cont = rec.get("continuation")
-            if cont is not None and not isinstance(cont, str):
-                raise DataError(f"{where}: 'continuation' must be a string or null, got {type(cont).__name__}")
-            meta = rec.get("meta", {})
-            if not isinstance(meta, dict):
-                raise DataError(f"{where}: 'meta' must be an object, got {type(meta).__name__}")
-            rid = rec.get("id", f"{path.stem}-{lineno}")
-            if not isinstance(rid, (str, int)):
-                raise DataError(f"{where}: 'id' must be a string, got {type(rid).__name__}")
-            out.append(Example(str(rid), hist, rec["prompt"], rec["target"], cont, dict(meta)))
+            yield where, lineno, rec
+
+
+def read_jsonl(path: str | os.PathLike) -> list[Example]:
+    """Examples of a JSONL file: history (string or chat turns), prompt, target, [id, continuation, meta]."""
+    path = Path(path)
+    out = []
+    for where, lineno, rec in jsonl_records(path, "fix data.train_files / data.eval_files in params.yaml"):
+        hist = rec.get("history")
+        if isinstance(hist, list):
+            hist = format_chat(hist, where)
+        elif not isinstance(hist, str):
+            raise DataError(
+                f"{where}: 'history' must be a string or a list of chat turns, got "
+                f"{'nothing' if hist is None else type(hist).__name__}"
+            )
+        for key in ("prompt", "target"):
+            if not isinstance(rec.get(key), str):
+                got = "nothing" if key not in rec else type(rec[key]).__name__
+                raise DataError(f"{where}: '{key}' must be a string, got {got}")
+        cont = rec.get("continuation")
+        if cont is not None and not isinstance(cont, str):
+            raise DataError(f"{where}: 'continuation' must be a string or null, got {type(cont).__name__}")
+        meta = rec.get("meta", {})
+        if not isinstance(meta, dict):
+            raise DataError(f"{where}: 'meta' must be an object, got {type(meta).__name__}")
+        rid = rec.get("id", f"{path.stem}-{lineno}")
+        if not isinstance(rid, (str, int)):
+            raise DataError(f"{where}: 'id' must be a string, got {type(rid).__name__}")
+        out.append(Example(str(rid), hist, rec["prompt"], rec["target"], cont, dict(meta)))
     if not out:
         raise DataError(f"{path}: no examples (the file is empty or blank): add JSON lines or remove it from "
                         "data.train_files / data.eval_files")
