@@ -66,11 +66,14 @@ class Curve(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.every == 0 and state.global_step < self.last:
-            self.add(state.global_step, quiet_evaluate(self.settings, self.model, self.out_dir / "curve", ["ocr_memory"]))
+            m = quiet_evaluate(self.settings, self.model, self.out_dir / "curve", ["ocr_memory"])
+            self.add(state.global_step, m, state.log_history)
 
-    def add(self, step: int, m: dict) -> None:
+    def add(self, step: int, m: dict, log_history: list[dict]) -> None:
+        train_loss = [h["loss"] for h in log_history if "loss" in h]  # the last logged mean: overfitting shows
         self.points.append({"step": step, "exact_match": m["ocr_memory.exact_match"], "loss": m.get("ocr_memory.loss"),
-                            "reconstruction_precision": m["reconstruction.precision"]})
+                            "reconstruction_precision": m["reconstruction.precision"],
+                            "train_loss": train_loss[-1] if train_loss else None})
         print(f"  step {step}: {json.dumps(self.points[-1])}", flush=True)
 
 
@@ -91,7 +94,7 @@ def run_recipe(base, llm, tok, name: str, stages, steps: int, every: int, root: 
         figures = train(s, model=model, resume=True, callbacks=[curve], metrics_path=None)
     seconds = time.perf_counter() - t0
     final = quiet_evaluate(s, model, root / name, conditions)
-    curve.add(steps, final)
+    curve.add(steps, final, [{"loss": figures["final_loss"]}] if figures.get("final_loss") is not None else [])
     out = {"recipe": name, "stages": [{"objectives": o, "until_step": round(steps * u)} for o, u in stages],
            "token_pool": s.model.token_pool, "train_seconds": round(seconds, 1), "curve": curve.points,
            "align_token_accuracy": figures.get("align_token_accuracy"),
@@ -117,7 +120,7 @@ def run_all(args) -> dict:
               "steps": args.steps, "every": args.every, "batch": base.train.per_device_train_batch_size,
               "learning_rate": base.train.learning_rate, "align_steps": base.train.align_steps,
               "n_train": base.data.synthetic.n_train, "n_eval": base.data.synthetic.n_eval,
-              "task": base.data.synthetic.difficulty, "recipes": [], "fox": []}
+              "task": base.data.synthetic.difficulty, "fox_steps": args.fox_steps, "recipes": [], "fox": []}
     t0 = time.perf_counter()
     render(base, progress=False)
     encode(base, progress=False)
@@ -145,36 +148,40 @@ def write(path: str, result: dict) -> None:
 
 
 def plot(path: str) -> Path:
-    """Learning curves (exact match, reconstruction precision) per recipe, and the Fox table's curve."""
+    """Learning curves per recipe (exact match, held-out answer loss, reconstruction precision) and the
+    Fox table's precision against compression."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     r = json.loads(Path(path).read_text())
-    fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, ax = plt.subplots(1, 4, figsize=(19, 4.2))
     for rec in r["recipes"]:
         steps = [p["step"] for p in rec["curve"]]
-        ax[0].plot(steps, [p["exact_match"] for p in rec["curve"]], marker="o", label=rec["recipe"])
-        ax[1].plot(steps, [p["reconstruction_precision"] for p in rec["curve"]], marker="o", label=rec["recipe"])
+        for a, key in zip(ax, ("exact_match", "loss", "reconstruction_precision")):
+            a.plot(steps, [p[key] for p in rec["curve"]], marker="o", label=f"ocr_memory, {rec['recipe']}")
     for c, style in (("truncated_text_trained", ":"), ("full_text_trained", "--")):
-        em = r["recipes"][0]["conditions"].get(c, {}).get("exact_match") if r["recipes"] else None
-        if em is not None:
-            ax[0].axhline(em, color="gray", linestyle=style, label=f"{c} (same steps)")
+        got = r["recipes"][0]["conditions"].get(c, {}) if r["recipes"] else {}
+        for a, key in zip(ax, ("exact_match", "loss")):
+            if got.get(key) is not None:
+                a.axhline(got[key], color="gray", linestyle=style, label=f"{c} (same steps)")
     fox = sorted(r["fox"], key=lambda f: f["compression_mean"] or 0)
-    ax[2].plot([f["compression_mean"] for f in fox], [f["reconstruction_precision"] for f in fox], marker="o")
+    ax[3].plot([f["compression_mean"] for f in fox], [f["reconstruction_precision"] for f in fox], marker="o")
     for f in fox:
-        ax[2].annotate(f"token_pool {f['token_pool']}", (f["compression_mean"], f["reconstruction_precision"]))
-    titles = ("held-out QA exact match (ocr_memory)", "reconstruction character precision",
+        ax[3].annotate(f"token_pool {f['token_pool']}", (f["compression_mean"], f["reconstruction_precision"]))
+    if not fox:
+        ax[3].text(0.5, 0.5, "not run", ha="center", transform=ax[3].transAxes)
+    titles = ("held-out QA exact match", "held-out answer loss (nats/token)", "reconstruction character precision",
               f"Fox table: reconstruction-only, {r.get('fox_steps', '')} steps")
-    for a, t, xl in zip(ax, titles, ("step", "step", "compression (text tokens / memory tokens)")):
+    for i, (a, t) in enumerate(zip(ax, titles)):
         a.set_title(t, fontsize=10)
-        a.set_xlabel(xl)
-        a.set_ylim(0, 1.02)
+        a.set_xlabel("compression (text tokens / memory tokens)" if i == 3 else "step")
+        if i != 1:
+            a.set_ylim(0, 1.02)
         a.grid(alpha=0.3)
-    ax[0].legend(fontsize=8)
-    ax[1].legend(fontsize=8)
-    fig.suptitle(f"{r['task']}: {r['n_train']} train / {r['n_eval']} held-out, batch {r['batch']}, "
+    ax[0].legend(fontsize=8, loc="center right")
+    fig.suptitle(f"{r['task']}: {r['n_train']} train / {r['n_eval']} held-out sheets, batch {r['batch']}, "
                  f"lr {r['learning_rate']}, {r['machine'].get('card', '')}", fontsize=10)
     fig.tight_layout()
     out = Path(path).with_suffix(".png")
@@ -199,7 +206,6 @@ def main() -> None:
         return
     os.environ.setdefault("WANDB_MODE", "disabled")
     result = run_all(args)
-    result["fox_steps"] = args.fox_steps
     write(args.out, result)
     print(f"wrote {args.out}; plot: {plot(args.out)}")
 
