@@ -46,8 +46,8 @@ from common import machine, sync, table
 
 from ocrmem.dataset import memory_prompt
 from ocrmem.inference import MemoryLLM
-from ocrmem.render import draw_page, lines_per_page
-from ocrmem.session import all_lines, page_key, page_layout
+from ocrmem.render import draw_page
+from ocrmem.session import _crop, page_key, page_layout
 
 PROMPT = "Which city did the grey heron fly to on day 3? Answer with one word."
 WORDS = ("red green blue grey amber silver violet golden heron otter badger falcon lynx crane maple cedar "
@@ -209,47 +209,47 @@ def text_ttft(model, tok, memory_ids):
     return run
 
 
-def split_last_page(text: str, rs) -> int:
-    """Offset where the history's last page starts (its lines are what a warm cache lacks)."""
-    lines = all_lines(text, rs)
-    per = lines_per_page(rs)
-    return lines[(len(lines) - 1) // per * per][0]
-
-
 def ocr_runs(model, history: str) -> dict:
-    """(setup, fn) per OCR condition. Cold runs first each round and leaves its MemoryLLM (all pages
-    cached) to the warm conditions; the model fingerprint (once per model) is computed before timing."""
+    """(setup, fn) per OCR condition. Cold runs first each round and leaves its session (all pages cached,
+    the prompt's KV held) to the warm conditions; the model fingerprint (once per model) is computed first."""
     rs = model.settings.render
     base = MemoryLLM(model).pages.base
-    last = page_layout(history, rs).pages[-1]
-    last_key = page_key(base, last)
-    cut = split_last_page(history, rs)
+    pages = page_layout(history, rs).pages
+    last_key = page_key(base, pages[-1])
+    soft = len(model.soft_prompt()) if model.soft_prompt is not None else 0
+    before_last = MemoryLLM(model).prompt_ids(PROMPT)[1] + soft + sum(
+        model.page_memory_tokens([len(p) for p in pages[:-1]]))  # prompt positions ahead of the last page
     held = {}
 
     def cold_setup():
         model.encoder.clear_cache()
-        held["llm"] = llm = MemoryLLM(model)
+        llm = MemoryLLM(model)
         llm.pages._base = base
-        return llm
+        held["chat"] = chat = llm.session(history)
+        return chat
 
     def warm_setup():
-        llm = held["llm"]
+        llm = held["chat"].llm
         llm.pages.cache._store.pop(last_key, None)  # every page but the last stays cached
         forget = getattr(model.encoder.encoder, "forget", None)
         if forget:  # and none of the last page's lines was read before: a whole new page of text
-            forget(model.encoder.preprocess([draw_page(last, rs)]))
-        return llm
+            forget(model.encoder.preprocess([draw_page(pages[-1], rs)]))
+        fresh = MemoryLLM(model, page_cache=llm.pages.cache)  # a from-scratch call but for the page cache
+        fresh.pages._base = base
+        return fresh
 
     def kv_setup():
-        chat = held["llm"].session(history[:cut])
-        chat.answer(PROMPT, max_new_tokens=1)  # the session as it was before its last page came
-        chat.append(history[cut:])
+        """The session as it was before its last page came: the KV of the positions ahead of that page
+        (causal: the same as a session over the history without its last page would hold)."""
+        chat = held["chat"]
+        chat.prefix.embeds = chat.prefix.embeds[:before_last].clone()
+        _crop(chat.prefix.cache, before_last)
         warm_setup()
         return chat
 
-    answer = lambda llm: llm.answer(history, PROMPT, max_new_tokens=1)  # noqa: E731
-    return {"ocr_cold": (cold_setup, answer), "ocr_warm": (warm_setup, answer),
-            "ocr_warm_kv": (kv_setup, lambda chat: chat.answer(PROMPT, max_new_tokens=1))}
+    answer = lambda x: x.answer(PROMPT, max_new_tokens=1) if hasattr(x, "prefix") else (  # noqa: E731
+        x.answer(history, PROMPT, max_new_tokens=1))
+    return {"ocr_cold": (cold_setup, answer), "ocr_warm": (warm_setup, answer), "ocr_warm_kv": (kv_setup, answer)}
 
 
 def measure_length(model, n_tokens: int, device, reps: int, skip_full_above: int | None) -> dict:
