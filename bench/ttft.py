@@ -321,7 +321,7 @@ def plot(json_path: str) -> Path:
         if pts:
             ax.plot(*zip(*pts), marker="o", label=name)
     ax.set(xscale="log", yscale="log", xlabel="history length (text tokens)", ylabel="time to first token (s)",
-           title=f"TTFT, {res['machine']['card']}")
+           title=f"TTFT, {res['encoder'].get('kind', res['models'])} memory, {res['machine']['card']}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     out = Path(json_path).with_suffix(".png")
