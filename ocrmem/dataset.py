@@ -26,12 +26,25 @@ from ocrmem.settings import OBJECTIVES, Settings
 PROMPTS = {"reconstruct": "Repeat the text of the memory pages exactly.", "continue": "Continue the text."}
 
 
+def templated(tokenizer, content: str) -> str:
+    """One user turn through the chat template, ready for the answer, under an empty system turn: a
+    template's default system prompt (SmolLM2's is 17 tokens naming the model) is paid on every
+    example of every condition and says nothing about the memory. A template with no system role
+    (it raises on one) gets the user turn alone."""
+    from jinja2.exceptions import TemplateError
+
+    user = [{"role": "user", "content": content}]
+    try:
+        return tokenizer.apply_chat_template([{"role": "system", "content": ""}] + user, add_generation_prompt=True,
+                                             tokenize=False)
+    except TemplateError:
+        return tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
+
+
 def chat_prompt(tokenizer, prompt: str) -> list[int]:
     """Token ids of a user turn ready for the answer (chat template where the tokenizer has one)."""
     if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                             tokenize=False)
-        return tokenizer(text, add_special_tokens=False).input_ids
+        return tokenizer(templated(tokenizer, prompt), add_special_tokens=False).input_ids
     return tokenizer(prompt + "\n").input_ids
 
 
@@ -49,9 +62,7 @@ def memory_prompt(tokenizer, prompt: str, memory_ids: list[int] | None = None) -
     """
     content = f"{MEMORY_PREFIX}{MEMORY_SLOT}{MEMORY_SUFFIX}{prompt}"
     if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                             tokenize=False)
-        head, tail = text.split(MEMORY_SLOT)
+        head, tail = templated(tokenizer, content).split(MEMORY_SLOT)
         head_ids = tokenizer(head, add_special_tokens=False).input_ids
         tail_ids = tokenizer(tail, add_special_tokens=False).input_ids
     else:

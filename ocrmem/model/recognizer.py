@@ -112,7 +112,7 @@ class LineRecognizerEncoder(nn.Module):
             raise ValueError("reading features back needs model.recognizer_layer: neck (the CTC head reads the neck)")
         self._load()
         w, b = self._head
-        return (neck.float().numpy() @ w + b).argmax(-1)
+        return (neck.float().cpu().numpy() @ w + b).argmax(-1)
 
     def _run(self, strips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         self._load()
@@ -126,7 +126,7 @@ class LineRecognizerEncoder(nn.Module):
         """Every line strip at the recognizer's size, normalised to [-1, 1] ([P x lines, 48, width]),
         and which ones hold ink."""
         out, inked = [], []
-        for page in pixel_values[:, 0].numpy():
+        for page in pixel_values[:, 0].cpu().numpy():  # onnxruntime reads host memory, wherever the model lives
             for x0, y0, x1, y1 in self.boxes:
                 crop = page[y0:y1, x0:x1]
                 inked.append(crop.size > 0 and int(crop.min()) < INK)
@@ -174,7 +174,8 @@ class LineRecognizerEncoder(nn.Module):
         feats = np.broadcast_to(self._blank_features(), (len(x), self.frames, self.out_dim)).copy()
         for i in np.flatnonzero(inked):
             feats[i] = self._read(x[i])
-        return torch.from_numpy(feats).reshape(len(pixel_values), self.tokens_per_page, self.out_dim)
+        feats = torch.from_numpy(feats).reshape(len(pixel_values), self.tokens_per_page, self.out_dim)
+        return feats.to(pixel_values.device)
 
     def read_lines(self, pixel_values: torch.Tensor) -> list[list[str]]:
         """Greedy CTC reading of each page's inked lines: what the recognizer sees (tests, diagnostics)."""
