@@ -6,18 +6,27 @@
     python bench/ttft.py --models tiny --lengths 512 --reps 1       # the GPU mode's code path, on a CPU
     python bench/ttft.py --plot bench/results/ttft-cpu-quick.json              # -> the same name, .png
 
-CPU: the default models of params.yaml (SmolLM2-135M-Instruct, pixel_lines encoder) with an
+CPU: the default models of params.yaml (SmolLM2-135M-Instruct; the PP-OCRv6 recognizer `ppocr_rec`
+in onnxruntime reads every drawn line, 16 frames -> one memory token, 6 tokens a line) with an
 untrained projector (timing does not depend on training), render.max_pages raised so the whole
-history fits. GPU: the real-size shapes of bench/shapes.py (DeepSeek-OCR-2's vision tower on
+history fits. Memory tokens count the drawn lines of each page (what the LLM reads). GPU: the real-size shapes of bench/shapes.py (DeepSeek-OCR-2's vision tower on
 1024px pages, a Qwen2-0.5B-shaped LLM; random weights, the tiny stand-in tokenizer).
 Conditions, each timed to its first generated token (greedy, after a warm-up call):
   full_text       the history's tokens in the memory slot;
-  ocr_cold        a fresh MemoryLLM: lay out, draw, encode, project every page, then prefill;
-  ocr_warm        the page cache holds every page but the last: one page drawn and encoded, full prefill;
+  ocr_cold        a fresh MemoryLLM, the encoder's line cache emptied: lay out, draw, encode, project
+                  every page, then prefill;
+  ocr_warm        the page cache holds every page but the last, and none of the last page's lines is in
+                  the recognizer's line cache (a whole new page of text): one page drawn, its lines
+                  read, full prefill;
   ocr_warm_kv     a session that grew by its last page: also the KV of the template head and of the
                   full pages is reused, only the last page and the question are prefilled;
   truncated       the most recent history tokens, as many as the memory has tokens.
-Peak memory: the largest resident set size (RSS, /proc/self/statm sampled every 2 ms) above the
+Conditions run interleaved (one call of each, `reps` rounds), so load drifting over the run hits
+all alike. Each call's time is split by hooks into draw, encode (+ lines the recognizer read),
+projector, prefill (the LLM's first forward) and other (layout, hashing, tokenising, assembly).
+Speed-ups are given by wall clock (the TTFT) and, beside them, by this process's CPU time, which
+other jobs on a shared CPU sway less (it counts spinning threads too).
+Peak memory: CUDA: torch's peak allocated above the start of the call; CPU: the largest resident set size (RSS, /proc/self/statm sampled every 2 ms) above the
 RSS at the start of the call; memory freed by an earlier call and reused makes this a lower bound.
 """
 
@@ -37,8 +46,8 @@ from common import machine, sync, table
 
 from ocrmem.dataset import memory_prompt
 from ocrmem.inference import MemoryLLM
-from ocrmem.render import lines_per_page
-from ocrmem.session import all_lines, page_key, page_layout
+from ocrmem.render import draw_page
+from ocrmem.session import _crop, page_key, page_layout
 
 PROMPT = "Which city did the grey heron fly to on day 3? Answer with one word."
 WORDS = ("red green blue grey amber silver violet golden heron otter badger falcon lynx crane maple cedar "
@@ -90,19 +99,104 @@ class PeakRSS:
         self.delta_mib = (self.peak - self.start) / 2**20
 
 
-def timed(fn, device, reps: int, setup=None) -> dict:
-    """Median seconds of `reps` calls of fn (setup() before each, untimed) and the largest RSS delta."""
-    times, peaks = [], []
-    for _ in range(reps):
-        state = setup() if setup else None
-        sync(device)
-        with PeakRSS() as mem:
+class Split:
+    """Hooks that split a call's time: draw (pages drawn), encode (+ lines the recognizer read),
+    projector, prefill (the LLM's first forward in the call; its positions too); other = the rest."""
+
+    def __init__(self, model, device):
+        import ocrmem.session as session
+
+        self.model, self.device, self.session, self.parts, self.handles = model, device, session, {}, []
+        self._draw = session.draw_page
+
+    def _add(self, name: str, dt: float) -> None:
+        self.parts[name] = self.parts.get(name, 0.0) + dt
+
+    def _hook(self, module, name: str, first_only: bool = False):
+        t0 = []
+
+        def pre(_m, args, kwargs):
+            if first_only and f"{name}_s" in self.parts:
+                return
+            if first_only:
+                x = kwargs.get("inputs_embeds", kwargs.get("input_ids"))
+                self.parts["prefill_positions"] = int(x.shape[1]) if x is not None else None
+            sync(self.device)
+            t0.append(time.perf_counter())
+
+        def post(_m, args, kwargs, out):
+            if t0:
+                sync(self.device)
+                self._add(f"{name}_s", time.perf_counter() - t0.pop())
+        self.handles += [module.register_forward_pre_hook(pre, with_kwargs=True),
+                         module.register_forward_hook(post, with_kwargs=True)]
+
+    def __enter__(self):
+        m, self.parts = self.model, {}
+        self._hook(m.encoder, "encode")
+        self._hook(m.projector, "projector")
+        self._hook(m.llm, "prefill", first_only=True)
+        rec = m.encoder.encoder
+        self._read0 = getattr(rec, "lines_read", None)
+
+        def draw(*a, **k):
             t0 = time.perf_counter()
-            fn(state)
+            try:
+                return self._draw(*a, **k)
+            finally:
+                self._add("draw_s", time.perf_counter() - t0)
+        self.session.draw_page = draw
+        return self
+
+    def __exit__(self, *exc):
+        self.session.draw_page = self._draw
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+        if self._read0 is not None:
+            self.parts["lines_read"] = self.model.encoder.encoder.lines_read - self._read0
+
+
+def peak_memory(device):
+    """A context measuring peak memory of a call: torch's allocator on CUDA, RSS on the CPU (MiB)."""
+    if device.type != "cuda":
+        return PeakRSS()
+
+    class Cuda:
+        def __enter__(self):
+            torch.cuda.reset_peak_memory_stats(device)
+            self.start = torch.cuda.memory_allocated(device)
+            return self
+
+        def __exit__(self, *exc):
+            self.delta_mib = (torch.cuda.max_memory_allocated(device) - self.start) / 2**20
+    return Cuda()
+
+
+def timed_rounds(runs: dict, model, device, reps: int, label: str) -> dict:
+    """{name: (setup, fn)} -> per name: median seconds, all calls, peak memory delta, time split of the
+    last call. One call of each condition per round, `reps` rounds."""
+    got = {name: {"all_s": [], "peak": [], "cpu": []} for name in runs}
+    for _ in range(reps):
+        for name, (setup, fn) in runs.items():
+            state = setup() if setup else None
             sync(device)
-            times.append(time.perf_counter() - t0)
-        peaks.append(mem.delta_mib)
-    return {"s": statistics.median(times), "all_s": times, "peak_rss_delta_mib": max(peaks)}
+            with peak_memory(device) as mem, Split(model, device) as split:
+                t0, c0 = time.perf_counter(), time.process_time()
+                fn(state)
+                sync(device)
+                dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+            got[name]["all_s"].append(dt)
+            got[name]["cpu"].append(cpu)
+            got[name]["peak"].append(mem.delta_mib)
+            parts = dict(split.parts)
+            parts["other_s"] = dt - sum(v for k, v in parts.items() if k.endswith("_s"))
+            got[name]["split"] = parts
+            print(f"  {label}  {name:12s} {dt:8.3f} s  " +
+                  " ".join(f"{k[:-2] if k.endswith('_s') else k}={v:.3g}" for k, v in parts.items() if v is not None),
+                  flush=True)
+    return {name: {"s": statistics.median(g["all_s"]), "all_s": g["all_s"], "peak_mib": max(g["peak"]),
+                   "cpu_s": statistics.median(g["cpu"]), "split": g["split"]} for name, g in got.items()}
 
 
 def text_ttft(model, tok, memory_ids):
@@ -115,40 +209,47 @@ def text_ttft(model, tok, memory_ids):
     return run
 
 
-def split_last_page(text: str, rs) -> int:
-    """Offset where the history's last page starts (its lines are what a warm cache lacks)."""
-    lines = all_lines(text, rs)
-    per = lines_per_page(rs)
-    return lines[(len(lines) - 1) // per * per][0]
-
-
-def ocr_runs(model, history: str, device) -> dict:
-    """(setup, fn) per OCR condition; the model fingerprint (a once-per-model cost) is computed before timing."""
+def ocr_runs(model, history: str) -> dict:
+    """(setup, fn) per OCR condition. Cold runs first each round and leaves its session (all pages cached,
+    the prompt's KV held) to the warm conditions; the model fingerprint (once per model) is computed first."""
     rs = model.settings.render
-    warm_llm = MemoryLLM(model)
-    warm_llm.answer(history, PROMPT, max_new_tokens=1)  # fills the page cache
-    last_key = page_key(warm_llm.pages.base, page_layout(history, rs).pages[-1])
-    cut = split_last_page(history, rs)
+    base = MemoryLLM(model).pages.base
+    pages = page_layout(history, rs).pages
+    last_key = page_key(base, pages[-1])
+    soft = len(model.soft_prompt()) if model.soft_prompt is not None else 0
+    before_last = MemoryLLM(model).prompt_ids(PROMPT)[1] + soft + sum(
+        model.page_memory_tokens([len(p) for p in pages[:-1]]))  # prompt positions ahead of the last page
+    held = {}
 
     def cold_setup():
+        model.encoder.clear_cache()
         llm = MemoryLLM(model)
-        llm.pages._base = warm_llm.pages.base
-        return llm
+        llm.pages._base = base
+        held["chat"] = chat = llm.session(history)
+        return chat
 
     def warm_setup():
-        warm_llm.pages.cache._store.pop(last_key, None)  # every page but the last stays cached
-        return warm_llm
+        llm = held["chat"].llm
+        llm.pages.cache._store.pop(last_key, None)  # every page but the last stays cached
+        forget = getattr(model.encoder.encoder, "forget", None)
+        if forget:  # and none of the last page's lines was read before: a whole new page of text
+            forget(model.encoder.preprocess([draw_page(pages[-1], rs)]))
+        fresh = MemoryLLM(model, page_cache=llm.pages.cache)  # a from-scratch call but for the page cache
+        fresh.pages._base = base
+        return fresh
 
     def kv_setup():
-        chat = warm_llm.session(history[:cut])
-        chat.answer(PROMPT, max_new_tokens=1)  # the session as it was before its last page came
-        chat.append(history[cut:])
+        """The session as it was before its last page came: the KV of the positions ahead of that page
+        (causal: the same as a session over the history without its last page would hold)."""
+        chat = held["chat"]
+        chat.prefix.embeds = chat.prefix.embeds[:before_last].clone()
+        _crop(chat.prefix.cache, before_last)
         warm_setup()
         return chat
 
-    answer = lambda llm: llm.answer(history, PROMPT, max_new_tokens=1)  # noqa: E731
-    return {"ocr_cold": (cold_setup, answer), "ocr_warm": (warm_setup, answer),
-            "ocr_warm_kv": (kv_setup, lambda chat: chat.answer(PROMPT, max_new_tokens=1))}
+    answer = lambda x: x.answer(PROMPT, max_new_tokens=1) if hasattr(x, "prefix") else (  # noqa: E731
+        x.answer(history, PROMPT, max_new_tokens=1))
+    return {"ocr_cold": (cold_setup, answer), "ocr_warm": (warm_setup, answer), "ocr_warm_kv": (kv_setup, answer)}
 
 
 def measure_length(model, n_tokens: int, device, reps: int, skip_full_above: int | None) -> dict:
@@ -157,60 +258,29 @@ def measure_length(model, n_tokens: int, device, reps: int, skip_full_above: int
     hist_ids = tok(history, add_special_tokens=False).input_ids
     paged = page_layout(history, model.settings.render)
     assert paged.cut_chars == 0, "render.max_pages too small for this history"
-    mem_tokens = len(paged.pages) * model.memory_tokens_per_page
+    mem_tokens = sum(model.page_memory_tokens([len(p) for p in paged.pages]))
     row = {"text_tokens": len(hist_ids), "chars": len(history), "pages": len(paged.pages),
-           "memory_tokens": mem_tokens, "compression": len(hist_ids) / mem_tokens}
-    runs = {"truncated": (None, text_ttft(model, tok, hist_ids[-mem_tokens:]))}
-    runs.update(ocr_runs(model, history, device))
+           "lines": sum(len(p) for p in paged.pages), "memory_tokens": mem_tokens,
+           "compression": len(hist_ids) / mem_tokens}
+    runs = ocr_runs(model, history)
+    runs["truncated"] = (None, text_ttft(model, tok, hist_ids[-mem_tokens:]))
     if skip_full_above is None or len(hist_ids) <= skip_full_above:
         runs["full_text"] = (None, text_ttft(model, tok, hist_ids))
+    else:
+        row["skipped"] = ["full_text"]
+    got = timed_rounds(runs, model, device, reps, f"{len(hist_ids)} tokens")
     for name in CONDITIONS:
-        if name not in runs:
-            row[f"ttft_{name}_s"] = None  # not measured: see skipped
-            row.setdefault("skipped", []).append(name)
-            continue
-        setup, fn = runs[name]
-        r = timed(fn, device, reps, setup)
-        row[f"ttft_{name}_s"], row[f"{name}_all_s"] = r["s"], r["all_s"]
-        row[f"{name}_peak_rss_delta_mib"] = r["peak_rss_delta_mib"]
-        print(f"  {len(hist_ids)} tokens  {name:12s} {r['s']:.3f} s", flush=True)
-    full = row["ttft_full_text_s"]
+        r = got.get(name)
+        row[f"ttft_{name}_s"] = r["s"] if r else None  # None: not measured, see skipped
+        if r:
+            row[f"{name}_all_s"], row[f"{name}_peak_mib"], row[f"{name}_split"] = r["all_s"], r["peak_mib"], r["split"]
+            row[f"{name}_process_cpu_s"] = r["cpu_s"]  # this process's CPU time: less swayed by other jobs
+    full, full_cpu = row["ttft_full_text_s"], row.get("full_text_process_cpu_s")
     for name in ("ocr_cold", "ocr_warm", "ocr_warm_kv", "truncated"):
         row[f"speedup_{name}"] = full / row[f"ttft_{name}_s"] if full else None
+        row[f"speedup_cpu_{name}"] = full_cpu / row[f"{name}_process_cpu_s"] if full_cpu else None
+    row["target_speedup"] = 0.8 * row["compression"]  # the issue's done-when for ocr_warm
     return row
-
-
-def breakdown(model, n_tokens: int, device) -> dict:
-    """Where a cold and a warm answer spend their time: layout, draw, preprocess, encode, projector, prefill."""
-    from ocrmem.render import draw_page, load_font
-
-    rs, tok = model.settings.render, model.tokenizer
-    history = make_history(tok, n_tokens)
-    out, t = {}, time.perf_counter
-
-    def clock(name, fn):
-        sync(device)
-        t0 = t()
-        v = fn()
-        sync(device)
-        out[name] = out.get(name, 0.0) + t() - t0
-        return v
-
-    paged = clock("layout_s", lambda: page_layout(history, rs))
-    font = load_font(rs.font_path, rs.font_size)
-    imgs = clock("draw_all_pages_s", lambda: [draw_page(p, rs, font) for p in paged.pages])
-    with torch.no_grad():
-        pv = clock("preprocess_all_s", lambda: model.encoder.preprocess(imgs))
-        feats = clock("encoder_all_s", lambda: model.encode_pages(pv))
-        clock("projector_all_s", lambda: model.projector(feats.to(model.device)))
-        clock("draw_one_page_s", lambda: draw_page(paged.pages[-1], rs, font))
-        clock("encode_one_page_s", lambda: model.embed_memory(pixel_values=model.encoder.preprocess(imgs[-1:])))
-    llm = MemoryLLM(model)
-    llm.pages._base = clock("model_fingerprint_once_s", lambda: llm.pages.base)
-    llm.answer(history, PROMPT, max_new_tokens=1)
-    clock("ocr_warm_all_pages_cached_s", lambda: llm.answer(history, PROMPT, max_new_tokens=1))
-    out["pages"] = len(paged.pages)
-    return out
 
 
 def build_model(kind: str, device: str, dtype: str, max_pages: int):
@@ -251,7 +321,7 @@ def plot(json_path: str) -> Path:
         if pts:
             ax.plot(*zip(*pts), marker="o", label=name)
     ax.set(xscale="log", yscale="log", xlabel="history length (text tokens)", ylabel="time to first token (s)",
-           title=f"TTFT, {res['machine']['card']}")
+           title=f"TTFT, {res['encoder'].get('kind', res['models'])} memory, {res['machine']['card']}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     out = Path(json_path).with_suffix(".png")
@@ -259,6 +329,26 @@ def plot(json_path: str) -> Path:
     fig.savefig(out, dpi=110)
     print(f"plot -> {out}")
     return out
+
+
+def done_when(top: dict) -> dict:
+    """The issue's criterion at the longest length: ocr_warm at least 0.8 x compression faster than full text."""
+    sp = top["speedup_ocr_warm"]
+    return {"at_text_tokens": top["text_tokens"], "speedup_ocr_warm": sp, "target_0.8x_compression":
+            top["target_speedup"], "holds": None if sp is None else sp >= top["target_speedup"]}
+
+
+def report(rows: list[dict]) -> None:
+    table("time to first token (s)", ["text tokens", "memory", "compression"] + CONDITIONS,
+          [[r["text_tokens"], r["memory_tokens"], r["compression"]] + [r[f"ttft_{c}_s"] for c in CONDITIONS]
+           for r in rows])
+    table("speed-up over full text (wall clock; process CPU time)", ["text tokens", "0.8 x compression"] + CONDITIONS[1:],
+          [[r["text_tokens"], r["target_speedup"]] + [f"{r[f'speedup_{c}'] or 0:.2f}; {r[f'speedup_cpu_{c}'] or 0:.2f}"
+                                                      for c in CONDITIONS[1:]] for r in rows])
+    top = rows[-1]
+    keys = sorted({k for c in CONDITIONS for k in top.get(f"{c}_split", {})})
+    table(f"where the time goes at {top['text_tokens']} tokens (s)", ["condition"] + keys,
+          [[c] + [top[f"{c}_split"].get(k) for k in keys] for c in CONDITIONS if f"{c}_split" in top])
 
 
 def main() -> None:
@@ -289,15 +379,12 @@ def main() -> None:
     text_ttft(model, model.tokenizer, [5] * 256)(None)
     rows = [measure_length(model, n, device, reps, a.skip_full_text_above) for n in lengths]
     for r in rows:
-        r["over_trained_context"] = bool(ctx and r["text_tokens"] > ctx)
+        r["over_trained_context"] = bool(ctx and max(r["text_tokens"], r["memory_tokens"]) > ctx)
     result = {"machine": machine(device), "models": kind, "llm_max_position_embeddings": ctx, "reps": reps,
-              "encoder": model.encoder.fingerprint(), "lengths": rows,
-              "breakdown": breakdown(model, lengths[-1], device)}
-    table("time to first token (s)", ["text tokens", "memory", "compression"] + CONDITIONS,
-          [[r["text_tokens"], r["memory_tokens"], r["compression"]] + [r[f"ttft_{c}_s"] for c in CONDITIONS]
-           for r in rows])
-    table(f"where the time goes at {rows[-1]['text_tokens']} tokens (s)", list(result["breakdown"]),
-          [list(result["breakdown"].values())])
+              "encoder": model.encoder.fingerprint(), "lengths": rows, "done_when": done_when(rows[-1])}
+    if a.quick:
+        result["not_run"] = "--quick: 16k and 32k tokens not run (see README)"
+    report(rows)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(result, indent=2))

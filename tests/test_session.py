@@ -1,6 +1,8 @@
 """A growing memory (ocrmem.session): a session that grows page by page answers exactly as a
 from-scratch call does, draws and encodes only what changed, and never serves a stale page.
-Tiny random Llama, one-token-per-line encoder, 128px pages of 11 lines, 3 pages at most."""
+Tiny random Llama, 128px pages of 11 lines, 3 pages at most; the one-token-per-line pixel encoder,
+and for the answers-identical and stale-page tests also the real PP-OCRv6 recognizer (the default),
+whose from-scratch reference is another model instance with its own, empty line cache."""
 
 import pytest
 import torch
@@ -11,24 +13,54 @@ from ocrmem.session import all_lines, page_layout
 from ocrmem.settings import Settings
 
 
-def _settings(llm_dir, **render) -> Settings:
+ENCODERS = {"pixel_lines": {"encoder": "pixel_lines", "ocr_model_name": "pixel_lines", "pixel_downsample": 2},
+            "ppocr_rec": {"encoder": "ppocr_rec", "ocr_model_name": "rapidocr:PP-OCRv6_rec_small", "token_pool": 16}}
+
+
+def _settings(llm_dir, encoder: str = "pixel_lines", **render) -> Settings:
     return Settings.model_validate({
-        "model": {"base_llm_model_name": str(llm_dir), "encoder": "pixel_lines", "ocr_model_name": "pixel_lines",
-                  "pixel_downsample": 2},
+        "model": {"base_llm_model_name": str(llm_dir), **ENCODERS[encoder]},
         "render": {"page_size": 128, "margin": 4, "font_size": 8, "line_spacing": 1.25, "max_pages": 3, **render},
         "tracking": {"wandb_mode": "disabled"},
     })
 
 
 @pytest.fixture(scope="module")
-def model(tiny_models):
+def models(tiny_models):
+    """(encoder, copy) -> a model built once; copy 1 is a second instance: a from-scratch reference
+    that shares no cache (page or recognizer line cache) with copy 0."""
     from ocrmem.model.ocrmem import OcrMemModel
 
-    return OcrMemModel.build(_settings(tiny_models["llm"]))
+    built = {}
+
+    def get(encoder: str = "pixel_lines", copy: int = 0):
+        if (encoder, copy) not in built:
+            built[encoder, copy] = OcrMemModel.build(_settings(tiny_models["llm"], encoder))
+        return built[encoder, copy]
+    return get
+
+
+@pytest.fixture(scope="module")
+def model(models):
+    return models()
 
 
 def _fresh(model) -> MemoryLLM:
     return MemoryLLM(model)  # its own, empty page cache: a from-scratch call
+
+
+def _scratch(models, encoder: str, clear: bool = True) -> MemoryLLM:
+    """A from-scratch call: another model instance (nothing shared with copy 0), an empty page cache and,
+    with `clear`, an empty recognizer line cache (without: it holds only lines this instance read itself,
+    each in its own run, so what it serves is what reading them again gives)."""
+    ref = models(encoder, 1)
+    if clear:
+        ref.encoder.clear_cache()
+    return MemoryLLM(ref)
+
+
+def _memory_tokens(model, paged) -> int:
+    return sum(model.page_memory_tokens([len(p) for p in paged.pages]))
 
 
 def _facts(a: int, b: int) -> str:
@@ -51,23 +83,28 @@ def test_pages_are_line_chunks_and_appending_never_moves_a_full_page(model):
     assert _facts(0, 200)[long.cut_chars:].rstrip().endswith("word199.")
 
 
-def test_growing_session_answers_exactly_as_a_from_scratch_call(model):
+@pytest.mark.parametrize("encoder", list(ENCODERS))
+def test_growing_session_answers_exactly_as_a_from_scratch_call(models, encoder):
+    model = models(encoder)
     llm = _fresh(model)
     chat = llm.session()
     rs, per = model.settings.render, lines_per_page(model.settings.render)
     steps = [_facts(0, 3), _facts(3, 14), _facts(14, 24), _facts(24, 70), "and one more"]
     questions = ["What is item 2?", "Which word is item 13?"]
     seen_pages = []
+    models(encoder, 1).encoder.clear_cache()
     for k, more in enumerate(steps):
         chat.append(more)
         seen_pages.append(len(chat.paged().pages))
+        scratch = _scratch(models, encoder, clear=False)
         for q in questions:
             inc = chat.answer(q, max_new_tokens=6)
-            ref = _fresh(model).answer(chat.text, q, max_new_tokens=6)
+            ref = scratch.answer(chat.text, q, max_new_tokens=6)
             assert inc.token_ids == ref.token_ids and inc.text == ref.text, (k, q)
             assert inc.cut_chars == ref.cut_chars and inc.page_lines == ref.page_lines
+        assert torch.equal(llm.pages(chat.paged().pages), scratch.pages(chat.paged().pages)), k
         # the second question reused the prefix KV: the template's head and every memory page
-        assert chat.prefix.reused >= len(chat.paged().pages) * model.memory_tokens_per_page
+        assert chat.prefix.reused >= _memory_tokens(model, chat.paged()) > 0
     assert seen_pages[0] == 1 and len(set(seen_pages)) >= 3  # appends crossed page boundaries
     assert seen_pages[-1] == rs.max_pages and chat.paged().cut_chars > 0  # one exceeded max_pages
     assert chat.paged().n_lines <= rs.max_pages * per
@@ -98,23 +135,30 @@ def test_only_the_last_page_is_drawn_and_encoded_again(model):
     assert llm.pages.rendered == n + 1 and llm.pages.cache.hits > 0
 
 
-def test_a_page_whose_text_changed_is_drawn_again(model):
-    """Appending to the last word rewraps the last line: that page has other text, so another key."""
+@pytest.mark.parametrize("encoder", list(ENCODERS))
+def test_a_page_whose_text_changed_is_drawn_again(models, encoder):
+    """Appending to the last word rewraps the last line: that page has other text, so another key.
+    The recognizer reads again exactly the lines whose pixels changed, nothing it read before."""
+    model = models(encoder)
     llm = _fresh(model)
+    rec = model.encoder.encoder
     rs = model.settings.render
     base = "word " * 120  # the last line is full of words: appending letters to the last word rewraps it
     chat = llm.session(base.rstrip())
     before = chat.paged().pages
     chat.answer("q?", max_new_tokens=1)
-    drawn = llm.pages.rendered
+    drawn, read = llm.pages.rendered, getattr(rec, "lines_read", 0)
     chat.append("w" * 12)
     after = chat.paged().pages
     changed = [i for i, (a, b) in enumerate(zip(before, after)) if a != b]
     assert changed == [len(before) - 1] and after[-1][-1] != before[-1][-1]
     inc = chat.answer("q?", max_new_tokens=3)
     assert llm.pages.rendered == drawn + len(after) - len(before) + 1  # the changed page, and any new one
+    if encoder == "ppocr_rec":  # only new line texts were read: the rewrapped last line(s) and any new page's
+        old = {ln for p in before for ln in p}
+        assert rec.lines_read - read == len({ln for p in after for ln in p if ln.strip() and ln not in old}) > 0
     # what the cache served is what drawing that text from scratch gives
-    ref_llm = _fresh(model)
+    ref_llm = _scratch(models, encoder)
     ref = ref_llm.answer(chat.text, "q?", max_new_tokens=3)
     assert inc.token_ids == ref.token_ids
     assert torch.equal(llm.pages(after), ref_llm.pages(after))

@@ -302,6 +302,10 @@ class FrozenEncoder(nn.Module):
     def fingerprint(self) -> dict:
         return self.encoder.fingerprint()
 
+    def clear_cache(self) -> None:
+        """Forget what an encoder memoises (the recognizer's line cache): the next call reads from scratch."""
+        getattr(self.encoder, "clear_cache", lambda: None)()
+
 
 def build_encoder(ms: ModelSettings, rs: RenderSettings) -> FrozenEncoder:
     """Map `model.encoder` to a frozen (or, if configured, trainable) encoder."""

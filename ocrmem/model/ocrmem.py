@@ -347,6 +347,8 @@ class OcrMemModel(nn.Module):
         eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []), device=embeds.device)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer is not None else 0
         kw = {self._cache_kw: cache} if cache is not None else {}
+        if self._keeps_logits:  # only the last position's logits are read: not [L, vocab] of them
+            kw["logits_to_keep"] = 1
         out = self.llm(inputs_embeds=embeds[:, cached:], attention_mask=mask, position_ids=pos[:, cached:],
                        use_cache=True, **kw)
         cache, done, new = _cache_of(out), torch.zeros(len(embeds), dtype=torch.bool, device=embeds.device), []
