@@ -51,11 +51,17 @@ class BenchSpec:
     batch_size: int = 4
     seed: int = 0
     conditions: tuple[str, ...] = field(default_factory=tuple)  # empty: settings.eval.conditions
+    point_pages: tuple[int, ...] = field(default_factory=tuple)  # lengths at every point but the first (empty: pages)
+    score_loss: bool = True  # teacher-forced answer loss too (a second forward pass per example and condition)
 
 
+# cpu: the full depth x length grid at the default render settings, a short slice at the denser points;
+# generation only, and the zero-shot text conditions left out (they answer in sentences: 0.00 exact in
+# every evaluate run) so that it fits 15 minutes on 2 shared cores.
 SIZES = {
-    "cpu": BenchSpec(kinds=("niah_single",), langs=("en",), pages=(1, 4, 8, 16), depths=(0.0, 0.25, 0.5, 0.75, 1.0),
-                     samples=1, points=("fs24", "fs20", "fs16")),
+    "cpu": BenchSpec(kinds=("niah_single",), langs=("en",), pages=(1, 2, 4, 16), depths=(0.0, 0.25, 0.5, 0.75, 1.0),
+                     samples=1, points=("fs24", "fs20", "fs16"), point_pages=(1, 2), score_loss=False,
+                     conditions=("no_memory", "truncated_text_trained", "ocr_memory", "full_text_trained")),
     "gpu": BenchSpec(kinds=KINDS, langs=LANGS, pages=(1, 2, 4, 8, 16, 32), depths=tuple(i / 10 for i in range(11)),
                      samples=8, points=tuple(POINTS), batch_size=8),
 }
@@ -83,7 +89,7 @@ def resolve_spec(size: str, **overrides) -> BenchSpec:
 def point_settings(settings: Settings, point: str, spec: BenchSpec, out_root: Path) -> Settings:
     """The settings one point runs under: its render overrides, pages enough for the longest history
     (+2: a history never loses its start), its own data dir, and the full text always scored."""
-    render = settings.render.model_copy(update={**POINTS[point], "max_pages": max(spec.pages) + 2})
+    render = settings.render.model_copy(update={**POINTS[point], "max_pages": max(spec.pages + spec.point_pages) + 2})
     data = settings.data.model_copy(update={"out_dir": str(out_root / point)})
     ev = settings.eval.model_copy(update={"reconstruction_probe": False, "full_text_max_tokens": 10**9})
     return settings.model_copy(update={"render": render, "data": data, "eval": ev})
@@ -99,13 +105,14 @@ def chars_per_page(rs, lang: str) -> int:
     return len(text) - cut
 
 
-def grid_examples(spec: BenchSpec, rs) -> list:
-    """Every example of the grid at render settings `rs`: lengths in pages become characters there."""
-    out = []
+def grid_examples(spec: BenchSpec, rs, first: bool = True) -> list:
+    """Every example of the grid at render settings `rs` (lengths in pages become characters there);
+    the points after the first use `spec.point_pages` when set."""
+    out, lengths = [], spec.pages if first or not spec.point_pages else spec.point_pages
     for lang in spec.langs:
         cpp = chars_per_page(rs, lang)
         for kind in spec.kinds:
-            for pages in spec.pages:
+            for pages in lengths:
                 for depth in spec.depths:
                     exs = make_needle_examples(kind, lang, int(pages * cpp * 0.93), depth, spec.samples, spec.seed)
                     for e in exs:
@@ -152,14 +159,15 @@ def run_point(model, settings: Settings, point: str, spec: BenchSpec, conditions
     t0 = time.perf_counter()
     ps = point_settings(settings, point, spec, out_root)
     model.encoder = build_encoder(model.settings.model, ps.render)  # the line grid of this point's pages
-    rows = with_budgets(model, render_grid(ps, grid_examples(spec, ps.render)))
+    rows = with_budgets(model, render_grid(ps, grid_examples(spec, ps.render, first=point == spec.points[0])))
     tok, mtpp = model.tokenizer, model.memory_tokens_per_page
     f = _figures(tok, rows, mtpp)
     inputs, _ = _inputs(ps, tok, mtpp, rows, f.hist, conditions)
     first = inputs[conditions[0]]  # every condition has the same target ids
     ev = SimpleNamespace(batch_size=spec.batch_size, max_new_tokens=[len(it.target_ids) + 2 for it in first])
     pages = PixelPages(ps.rendered_dir, model.encoder)
-    results, _, seconds = _run_all(model, ev, inputs, None, rows, pages, progress, soft, desc=f"benchmark {point}")
+    results, _, seconds = _run_all(model, ev, inputs, None, rows, pages, progress, soft, desc=f"benchmark {point}",
+                                   score_loss=spec.score_loss)
     examples = [{**_example_record(i, r, f, inputs, results, None), "point": point, "meta": r["meta"]}
                 for i, r in enumerate(rows)]
     facts = {"compression": round(sum(f.kept_tok) / max(1, sum(f.mem_tok)), 4), "examples": len(rows),

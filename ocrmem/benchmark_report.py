@@ -83,11 +83,15 @@ def heatmap_png(path: Path, cells: list[dict], point: str, conditions: list[str]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    cells = [r for r in cells if r["point"] == point]
     pages = sorted({r["pages"] for r in cells})
     depths = sorted({r["depth"] for r in cells})
-    fig, axes = plt.subplots(2, len(conditions), figsize=(2.6 * len(conditions) + 1, 6.2), squeeze=False)
+    kinds = [("exact_match", "viridis", 1.0)] + ([("loss", "magma_r", None)] if any(r["loss"] is not None
+                                                                                     for r in cells) else [])
+    fig, axes = plt.subplots(len(kinds), len(conditions), figsize=(2.6 * len(conditions) + 1, 3.2 * len(kinds) + 0.3),
+                             squeeze=False)
     for j, c in enumerate(conditions):
-        for i, (key, cmap, vmax) in enumerate((("exact_match", "viridis", 1.0), ("loss", "magma_r", None))):
+        for i, (key, cmap, vmax) in enumerate(kinds):
             ax, g = axes[i][j], _grid(cells, point, c, key, pages, depths)
             im = ax.imshow(g, cmap=cmap, vmin=0, vmax=vmax, aspect="auto", origin="upper")
             for (y, x), v in __import__("numpy").ndenumerate(g):
@@ -116,12 +120,14 @@ def compression_png(path: Path, curve: list[dict], conditions: list[str]) -> Pat
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    nan = float("nan")
     for c in conditions:
         rs = sorted((r for r in curve if r["condition"] == c), key=lambda r: r["compression"])
         a.plot([r["compression"] for r in rs], [r["exact_match"] for r in rs], marker="o", label=c)
-        b.plot([r["compression"] for r in rs], [r["loss"] for r in rs], marker="o", label=c)
+        a.plot([r["compression"] for r in rs], [r["contains"] for r in rs], marker="x", ls=":", color=a.lines[-1].get_color())
+        b.plot([r["compression"] for r in rs], [nan if r["loss"] is None else r["loss"] for r in rs], marker="o", label=c)
     a.set_ylim(-0.02, 1.02)
-    for ax, lab in ((a, "exact match"), (b, "answer loss (nats/token)")):
+    for ax, lab in ((a, "exact match (o), contains (x)"), (b, "answer loss (nats/token; --loss)")):
         ax.set_xlabel("compression of the rendered history (text tokens / OCR memory tokens)")
         ax.set_ylabel(lab)
     a.legend(fontsize=7)

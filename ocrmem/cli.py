@@ -104,7 +104,8 @@ def cmd_benchmark(args, s: Settings) -> int:
     from ocrmem.benchmark import benchmark
 
     benchmark(s, size=args.size, adapter_dir=args.adapter, kinds=args.kinds, langs=args.langs, pages=args.pages,
-              depths=args.depths, samples=args.samples, points=args.points, conditions=args.conditions)
+              depths=args.depths, samples=args.samples, points=args.points, conditions=args.conditions,
+              point_pages=args.point_pages, score_loss=True if args.loss else None)
     return 0
 
 
@@ -117,7 +118,9 @@ def _benchmark_args(sp) -> None:
     sp.add_argument("--depths", nargs="+", type=float, help="needle depths, fractions 0..1")
     sp.add_argument("--samples", type=int, help="examples per cell")
     sp.add_argument("--points", nargs="+", help="compression points (ocrmem.benchmark.POINTS)")
-    sp.add_argument("--conditions", nargs="+", help="default: eval.conditions")
+    sp.add_argument("--conditions", nargs="+", help="default: the size's (gpu: eval.conditions)")
+    sp.add_argument("--point-pages", nargs="+", type=int, help="lengths at the points after the first")
+    sp.add_argument("--loss", action="store_true", help="also score the answer loss (a second forward pass)")
 
 
 def _read_history(path: str):

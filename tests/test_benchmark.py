@@ -81,7 +81,8 @@ def test_benchmark_end_to_end(trained, tmp_path):
 
     conds = ["no_memory", "truncated_text", "ocr_memory", "full_text"]
     m = benchmark(trained, size="cpu", out_dir=tmp_path, progress=False, pages=[1, 3], depths=[0.0, 0.5, 1.0],
-                  points=["fs24", "fs16"], conditions=conds, kinds=["niah_single", "conversation"], langs=["en", "zh"])
+                  points=["fs24", "fs16"], conditions=conds, kinds=["niah_single", "conversation"], langs=["en", "zh"],
+                  point_pages=[1, 3], score_loss=True)
     assert m["n_examples"] == 2 * 2 * 2 * 2 * 3  # points x kinds x langs x lengths x depths
     assert set(m["points"]) == {"fs24", "fs16"}
     assert m["points"]["fs16"]["compression"] > m["points"]["fs24"]["compression"]  # denser text per token
