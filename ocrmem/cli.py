@@ -8,6 +8,7 @@
     ocrmem train      [--params params.yaml] [--no-resume]    ocrmem.trainer.train
     ocrmem baselines  [--params params.yaml]                  ocrmem.baselines.baselines
     ocrmem evaluate   [--params params.yaml] [--adapter DIR]  ocrmem.evaluate.evaluate
+    ocrmem benchmark  [--params params.yaml] [--size cpu|gpu]  ocrmem.benchmark.benchmark
     ocrmem generate --adapter checkpoints/adapter --history FILE --prompt "..."
     ocrmem generate --adapter checkpoints/adapter --input questions.jsonl --output answers.jsonl
 
@@ -28,7 +29,7 @@ from ocrmem.errors import UserError, read_utf8
 from ocrmem.settings import ConfigError, Settings, check_model_paths, load_settings, validate
 
 # Stages that load models also need their local model paths to exist.
-LOADS_MODELS = {"render", "encode", "gradcheck", "train", "baselines", "evaluate"}
+LOADS_MODELS = {"render", "encode", "gradcheck", "train", "baselines", "evaluate", "benchmark"}
 
 
 def _settings(args) -> Settings:
@@ -97,6 +98,29 @@ def cmd_evaluate(args, s: Settings) -> int:
 
     evaluate(s, adapter_dir=args.adapter)
     return 0
+
+
+def cmd_benchmark(args, s: Settings) -> int:
+    from ocrmem.benchmark import benchmark
+
+    benchmark(s, size=args.size, adapter_dir=args.adapter, kinds=args.kinds, langs=args.langs, pages=args.pages,
+              depths=args.depths, samples=args.samples, points=args.points, conditions=args.conditions,
+              point_pages=args.point_pages, score_loss=True if args.loss else None)
+    return 0
+
+
+def _benchmark_args(sp) -> None:
+    sp.add_argument("--size", default="cpu", help="cpu (minutes on 2 cores) or gpu (every kind, both languages)")
+    sp.add_argument("--adapter", default=None, help="adapter dir (default: train.output_dir/adapter)")
+    sp.add_argument("--kinds", nargs="+", help="task kinds (ocrmem.needles.KINDS); default: the size's")
+    sp.add_argument("--langs", nargs="+", help="en, zh")
+    sp.add_argument("--pages", nargs="+", type=int, help="history lengths in pages")
+    sp.add_argument("--depths", nargs="+", type=float, help="needle depths, fractions 0..1")
+    sp.add_argument("--samples", type=int, help="examples per cell")
+    sp.add_argument("--points", nargs="+", help="compression points (ocrmem.benchmark.POINTS)")
+    sp.add_argument("--conditions", nargs="+", help="default: the size's (gpu: eval.conditions)")
+    sp.add_argument("--point-pages", nargs="+", type=int, help="lengths at the points after the first")
+    sp.add_argument("--loss", action="store_true", help="also score the answer loss (a second forward pass)")
 
 
 def _read_history(path: str):
@@ -172,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     add("baselines", cmd_baselines, "train the text baselines' soft prompts (same budget as OCR memory)")
     add("evaluate", cmd_evaluate, "every condition side by side -> metrics/eval.json").add_argument(
         "--adapter", default=None, help="adapter dir (default: train.output_dir/adapter)")
+    _benchmark_args(add("benchmark", cmd_benchmark, "needle grids x compression points -> metrics/benchmark.json"))
     sp = add("generate", cmd_generate, "answer a prompt about a long history with a trained memory", params=False)
     sp.add_argument("--adapter", required=True)
     sp.add_argument("--history", help="text file, or .json list of chat turns (one question)")

@@ -189,20 +189,21 @@ def _soft_prompt_of(model, condition: str, soft_prompts: dict):
 
 
 def _run_all(model, ev, inputs: dict, recon_inputs, rows: list[dict], pages, progress: bool,
-             soft_prompts: dict | None = None):
+             soft_prompts: dict | None = None, desc: str = "evaluate", score_loss: bool = True):
     """Every condition (and the probe): ({condition: (losses, predictions)}, probe predictions, seconds)."""
     from tqdm.auto import tqdm
 
     soft_prompts = soft_prompts or {}
     total = sum(sum(not it.skipped for it in v) for v in inputs.values()) + (len(rows) if recon_inputs else 0)
-    bar = tqdm(total=total, desc="evaluate", unit="ex", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=total, desc=desc, unit="ex", disable=not progress, file=sys.stderr)
     results, seconds, recon_preds = {}, {}, None
     with torch.no_grad():
         for c, items in inputs.items():
             bar.set_postfix_str(c)
             t0 = time.perf_counter()
             with _soft_prompt_of(model, c, soft_prompts):
-                results[c] = _run_condition(model, c, items, rows, pages, ev.batch_size, ev.max_new_tokens, bar)
+                results[c] = _run_condition(model, c, items, rows, pages, ev.batch_size, ev.max_new_tokens, bar,
+                                            score_loss)
             seconds[c] = time.perf_counter() - t0
         if recon_inputs is not None:
             bar.set_postfix_str("reconstruction")

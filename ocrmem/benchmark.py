@@ -1,0 +1,211 @@
+"""The memory benchmark: how much history the memory holds, where in it it fails, at which compression.
+
+    ocrmem benchmark [--params params.yaml] [--size cpu|gpu] [--adapter DIR] [--kinds ...] [--pages ...]
+                     [--depths ...] [--points ...] [--conditions ...]          # benchmark(settings, ...)
+
+For each compression point (render settings that put more or less text on a line of the same
+height, so the same trained adapter reads them at a different text-per-memory-token ratio), the
+task generators of ocrmem/needles.py write a grid of kinds x lengths (pages) x needle depths x
+samples; the grid is rendered (ocrmem/data.py, render.max_pages raised to the longest length) and
+every condition of `eval.conditions` runs on it through evaluate's own machinery (the same inputs,
+the same token budget per example, the trained text baselines' soft prompts): only the data differ.
+
+Outputs (under `out_dir`):
+    metrics/benchmark.json            flat per point x condition figures + run facts (dvc metrics show)
+    metrics/benchmark_examples.jsonl  per example: meta, token counts, each condition's answer
+    plots/benchmark_cells.csv         point, condition, kind, lang, pages, depth -> accuracy, loss
+    plots/benchmark_compression.csv   point, compression, condition -> accuracy, loss (the Fox-table shape)
+    plots/benchmark_heatmap_<point>.png, plots/benchmark_compression.png
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+from ocrmem.errors import UserError
+from ocrmem.needles import KINDS, LANGS, make_needle_examples
+from ocrmem.settings import CONDITIONS, Settings
+
+# Compression points: same line height (so the same memory tokens per line), smaller glyphs, more text.
+POINTS = {
+    "fs24": {"font_size": 24, "line_spacing": 1.25},  # the default render settings (what the adapter saw)
+    "fs20": {"font_size": 20, "line_spacing": 1.5},
+    "fs16": {"font_size": 16, "line_spacing": 1.875},
+    "fs13": {"font_size": 13, "line_spacing": 2.3},
+}
+
+
+@dataclass
+class BenchSpec:
+    """What one benchmark run covers."""
+
+    kinds: tuple[str, ...]
+    langs: tuple[str, ...]
+    pages: tuple[int, ...]  # history lengths, in pages at each point's render settings
+    depths: tuple[float, ...]
+    samples: int  # examples per (kind, lang, pages, depth) cell
+    points: tuple[str, ...]
+    batch_size: int = 4
+    seed: int = 0
+    conditions: tuple[str, ...] = field(default_factory=tuple)  # empty: settings.eval.conditions
+    point_pages: tuple[int, ...] = field(default_factory=tuple)  # lengths at every point but the first (empty: pages)
+    score_loss: bool = True  # teacher-forced answer loss too (a second forward pass per example and condition)
+
+
+# cpu: the full depth x length grid at the default render settings, a short slice at the denser points;
+# generation only, and the zero-shot text conditions left out (they answer in sentences: 0.00 exact in
+# every evaluate run) so that it fits 15 minutes on 2 shared cores.
+SIZES = {
+    "cpu": BenchSpec(kinds=("niah_single",), langs=("en",), pages=(1, 2, 4, 16), depths=(0.0, 0.25, 0.5, 0.75, 1.0),
+                     samples=1, points=("fs24", "fs20", "fs16"), point_pages=(1, 2), score_loss=False,
+                     conditions=("no_memory", "truncated_text_trained", "ocr_memory", "full_text_trained")),
+    "gpu": BenchSpec(kinds=KINDS, langs=LANGS, pages=(1, 2, 4, 8, 16, 32), depths=tuple(i / 10 for i in range(11)),
+                     samples=8, points=tuple(POINTS), batch_size=8),
+}
+
+
+def resolve_spec(size: str, **overrides) -> BenchSpec:
+    """SIZES[size] with the given fields replaced (None: keep); refuses unknown names in one line."""
+    if size not in SIZES:
+        raise UserError(f"--size {size!r}: use one of {', '.join(SIZES)}")
+    spec = SIZES[size]
+    changes = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if v is not None}
+    spec = BenchSpec(**{**spec.__dict__, **changes})
+    for name, allowed, values in (("kinds", KINDS, spec.kinds), ("langs", LANGS, spec.langs),
+                                  ("points", tuple(POINTS), spec.points), ("conditions", CONDITIONS, spec.conditions)):
+        bad = [v for v in values if v not in allowed]
+        if bad:
+            raise UserError(f"--{name} {' '.join(map(str, bad))}: unknown; use any of {', '.join(allowed)}")
+    if not spec.pages or min(spec.pages) < 1 or not spec.depths or not all(0 <= d <= 1 for d in spec.depths):
+        raise UserError(f"--pages {spec.pages} / --depths {spec.depths}: pages are >= 1, depths fractions in [0, 1]")
+    if spec.samples < 1:
+        raise UserError(f"--samples {spec.samples}: at least 1")
+    return spec
+
+
+def point_settings(settings: Settings, point: str, spec: BenchSpec, out_root: Path) -> Settings:
+    """The settings one point runs under: its render overrides, pages enough for the longest history
+    (+2: a history never loses its start), its own data dir, and the full text always scored."""
+    render = settings.render.model_copy(update={**POINTS[point], "max_pages": max(spec.pages + spec.point_pages) + 2})
+    data = settings.data.model_copy(update={"out_dir": str(out_root / point)})
+    ev = settings.eval.model_copy(update={"reconstruction_probe": False, "full_text_max_tokens": 10**9})
+    return settings.model_copy(update={"render": render, "data": data, "eval": ev})
+
+
+def chars_per_page(rs, lang: str) -> int:
+    """Characters of the benchmark's haystack prose that one page holds under `rs`."""
+    from ocrmem import render as R
+    from ocrmem.needles import corpus_sentences, join
+
+    text = join(list(corpus_sentences(lang)[:400]), lang)
+    _, cut = R.layout(text, rs.model_copy(update={"max_pages": 1}))
+    return len(text) - cut
+
+
+def grid_examples(spec: BenchSpec, rs, first: bool = True) -> list:
+    """Every example of the grid at render settings `rs` (lengths in pages become characters there);
+    the points after the first use `spec.point_pages` when set."""
+    out, lengths = [], spec.pages if first or not spec.point_pages else spec.point_pages
+    for lang in spec.langs:
+        cpp = chars_per_page(rs, lang)
+        for kind in spec.kinds:
+            for pages in lengths:
+                for depth in spec.depths:
+                    exs = make_needle_examples(kind, lang, int(pages * cpp * 0.93), depth, spec.samples, spec.seed)
+                    for e in exs:
+                        e.meta["pages_asked"] = pages
+                    out += exs
+    return out
+
+
+def render_grid(settings: Settings, examples: list) -> list[dict]:
+    """Render the grid (a rerun with the same fingerprint draws nothing) and return its manifest rows."""
+    from ocrmem.data import read_manifest, render_split
+    from ocrmem.model.encoder import tokens_per_line, tokens_per_page
+    from ocrmem.model.hub import load_tokenizer
+
+    render_split(settings, "eval", examples, load_tokenizer(settings.model), tokens_per_page(settings),
+                 progress=True, tokens_per_line=tokens_per_line(settings))
+    return read_manifest(settings, "eval")
+
+
+def _conditions(settings: Settings, spec: BenchSpec) -> list[str]:
+    wanted = spec.conditions or tuple(settings.eval.conditions)
+    return [c for c in CONDITIONS if c in wanted]  # canonical order
+
+
+def _soft_prompts(settings: Settings, conditions: list[str]) -> dict:
+    """The trained text baselines' soft prompts (`ocrmem baselines`); a missing one is a one-line error."""
+    from ocrmem.conditions import TRAINED_TEXT, load_soft_prompt
+
+    try:
+        return {c: load_soft_prompt(settings, c) for c in conditions if c in TRAINED_TEXT}
+    except FileNotFoundError as e:
+        raise UserError(f"{e}; or leave the trained baselines out with --conditions") from None
+
+
+def run_point(model, settings: Settings, point: str, spec: BenchSpec, conditions: list[str], soft: dict,
+              out_root: Path, progress: bool = True) -> tuple[list[dict], dict]:
+    """One compression point: render its grid, run every condition through evaluate's machinery;
+    returns (per-example records, the point's facts)."""
+    from ocrmem.conditions import with_budgets
+    from ocrmem.dataset import PixelPages
+    from ocrmem.evaluate import _example_record, _figures, _inputs, _run_all
+    from ocrmem.model.encoder import build_encoder
+
+    t0 = time.perf_counter()
+    ps = point_settings(settings, point, spec, out_root)
+    model.encoder = build_encoder(model.settings.model, ps.render)  # the line grid of this point's pages
+    rows = with_budgets(model, render_grid(ps, grid_examples(spec, ps.render, first=point == spec.points[0])))
+    tok, mtpp = model.tokenizer, model.memory_tokens_per_page
+    f = _figures(tok, rows, mtpp)
+    inputs, _ = _inputs(ps, tok, mtpp, rows, f.hist, conditions)
+    first = inputs[conditions[0]]  # every condition has the same target ids
+    ev = SimpleNamespace(batch_size=spec.batch_size, max_new_tokens=[len(it.target_ids) + 2 for it in first])
+    pages = PixelPages(ps.rendered_dir, model.encoder)
+    results, _, seconds = _run_all(model, ev, inputs, None, rows, pages, progress, soft, desc=f"benchmark {point}",
+                                   score_loss=spec.score_loss)
+    examples = [{**_example_record(i, r, f, inputs, results, None), "point": point, "meta": r["meta"]}
+                for i, r in enumerate(rows)]
+    facts = {"compression": round(sum(f.kept_tok) / max(1, sum(f.mem_tok)), 4), "examples": len(rows),
+             "examples_cut": sum(1 for r in rows if r.get("cut_chars", 0) > 0),
+             "pages_mean": round(sum(len(r["pages"]) for r in rows) / len(rows), 3),
+             "memory_tokens_mean": round(sum(f.mem_tok) / len(rows), 1),
+             "history_tokens_mean": round(sum(map(len, f.hist)) / len(rows), 1),
+             "seconds": round(time.perf_counter() - t0, 1), **{f"seconds.{c}": round(s, 1) for c, s in seconds.items()},
+             "render": POINTS[point]}
+    return examples, facts
+
+
+def benchmark(settings: Settings, size: str = "cpu", adapter_dir: str | Path | None = None, out_dir: str | Path = ".",
+              progress: bool = True, model=None, **overrides) -> dict:
+    """The benchmark on a trained adapter (default train.output_dir/adapter): every point of the
+    chosen size's grid (fields overridable: kinds, langs, pages, depths, samples, points, conditions,
+    batch_size, seed); writes metrics/benchmark.json, its CSVs and PNGs; returns the metrics."""
+    from ocrmem.benchmark_report import aggregate, log_benchmark, write_outputs
+    from ocrmem.tracking import check_key
+    from ocrmem.evaluate import _load_model
+
+    t0 = time.perf_counter()
+    spec = resolve_spec(size, **overrides)
+    check_key(settings)  # a missing WandB key stops before anything loads
+    conditions = _conditions(settings, spec)
+    soft = _soft_prompts(settings, conditions)
+    model = (model if model is not None else _load_model(settings, adapter_dir)).eval()
+    out = Path(out_dir)
+    examples, points = [], {}
+    for point in spec.points:
+        ex, points[point] = run_point(model, settings, point, spec, conditions, soft,
+                                      Path(settings.data.out_dir) / "benchmark", progress)
+        examples += ex
+    cells, curve = aggregate(examples, points, conditions)
+    metrics = {"size": size, "n_examples": len(examples), "conditions": conditions, "spec": dict(spec.__dict__),
+               "points": points, **{f"{r['point']}.{r['condition']}.{k}": r[k] for r in curve
+                                    for k in ("exact_match", "contains", "loss")},
+               "seconds.total": round(time.perf_counter() - t0, 1)}
+    pngs = write_outputs(out, metrics, examples, cells, curve, spec)
+    log_benchmark(settings, metrics, cells, curve, pngs)
+    return metrics
