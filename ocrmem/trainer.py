@@ -28,6 +28,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from ocrmem.align import align
 from ocrmem.dataset import TrainingInputs, first_batch, training_inputs
+from ocrmem.faults import fault_point
 from ocrmem.gradcheck import GradientFlowError, check_gradient_flow
 from ocrmem.io import write_json
 from ocrmem.model.ocrmem import ADAPTER_WEIGHTS, OcrMemModel, read_adapter
@@ -86,6 +87,7 @@ class NonFiniteGuard(TrainerCallback):
         for name, p in model.trainable_parameters():
             if p.numel() and not torch.isfinite(p.detach()).all():
                 raise _nonfinite(f"trained weight {name} is not finite", args, state)
+        fault_point("train", state.global_step)  # tests only (ocrmem/faults.py)
 
 
 class OcrMemTrainer(Trainer):
@@ -147,6 +149,7 @@ class OcrMemTrainer(Trainer):
         finally:
             self._partial_root = None
         self.accelerator.wait_for_everyone()  # every rank's shards are in before the rename
+        fault_point("checkpoint", self.state.global_step)  # tests only: written whole, not yet renamed
         if self.args.should_save:
             final = os.path.join(run_dir, name)
             if os.path.isdir(final):  # a rerun that reached the same step
