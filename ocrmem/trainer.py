@@ -156,6 +156,10 @@ class OcrMemTrainer(Trainer):
         objective_ids = inputs.pop("objective_ids", None)
         outputs = model(**inputs, num_items_in_batch=num_items_in_batch)
         loss = outputs.loss
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # num_items_in_batch counts the target tokens of every rank and DDP / DeepSpeed average the ranks'
+            # gradients: undo that average, as Trainer.compute_loss does, or n processes learn n times slower.
+            loss = loss * self.accelerator.num_processes
         if not torch.isfinite(loss.detach()).all():
             raise _nonfinite(f"loss is {float(loss.detach())}", self.args, self.state)
         if model.training and objective_ids is not None and outputs.per_example_loss is not None:
