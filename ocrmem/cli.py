@@ -168,7 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     add("render", cmd_render, "render history text to page images + manifest")
     add("encode", cmd_encode, "cache the frozen encoder's features of every page")
     add("gradcheck", cmd_gradcheck, "gradient-flow smoke test on one real batch")
-    add("train", cmd_train, "train the projector").add_argument("--no-resume", action="store_true")
+    sp = add("train", cmd_train, "train the projector")
+    sp.add_argument("--no-resume", action="store_true")
+    # The deepspeed launcher appends --local_rank=N to every rank's command; LOCAL_RANK in the environment says the same.
+    sp.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     add("baselines", cmd_baselines, "train the text baselines' soft prompts (same budget as OCR memory)")
     add("evaluate", cmd_evaluate, "every condition side by side -> metrics/eval.json").add_argument(
         "--adapter", default=None, help="adapter dir (default: train.output_dir/adapter)")
