@@ -148,6 +148,8 @@ def cmd_generate(args, s: Settings | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ocrmem", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # The deepspeed launcher puts --local_rank=N in front of every rank's arguments; LOCAL_RANK says the same.
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)
 
     def add(name, fn, help_, params=True):
@@ -168,10 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     add("render", cmd_render, "render history text to page images + manifest")
     add("encode", cmd_encode, "cache the frozen encoder's features of every page")
     add("gradcheck", cmd_gradcheck, "gradient-flow smoke test on one real batch")
-    sp = add("train", cmd_train, "train the projector")
-    sp.add_argument("--no-resume", action="store_true")
-    # The deepspeed launcher appends --local_rank=N to every rank's command; LOCAL_RANK in the environment says the same.
-    sp.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    add("train", cmd_train, "train the projector").add_argument("--no-resume", action="store_true")
     add("baselines", cmd_baselines, "train the text baselines' soft prompts (same budget as OCR memory)")
     add("evaluate", cmd_evaluate, "every condition side by side -> metrics/eval.json").add_argument(
         "--adapter", default=None, help="adapter dir (default: train.output_dir/adapter)")
