@@ -172,6 +172,8 @@ def cmd_generate(args, s: Settings | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ocrmem", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # The deepspeed launcher puts --local_rank=N in front of every rank's arguments; LOCAL_RANK says the same.
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)
 
     def add(name, fn, help_, params=True):

@@ -29,6 +29,7 @@ from typing import Iterable, Sequence
 
 from ocrmem import render as R
 from ocrmem.errors import UserError, UserFileNotFoundError
+from ocrmem.faults import fault_point
 from ocrmem.io import fmt, jsonl, sha256_file, write_json, write_jsonl, write_text
 from ocrmem.settings import ConfigError, RenderSettings, Settings
 from ocrmem.sources import SPLITS, Example, read_jsonl, read_text_corpus, unique_ids
@@ -201,7 +202,8 @@ def _draw(examples: list[Example], rs: RenderSettings, out: Path, fp: str, desc:
         write_text(prog_file, jsonl([{"fingerprint": fp}]))
     jobs = [(ex.id, ex.history) for ex in examples if ex.id not in done]
     with open(prog_file, "a", encoding="utf-8") as plog:
-        for r in _run_jobs(jobs, rs, out, desc, progress):
+        for n, r in enumerate(_run_jobs(jobs, rs, out, desc, progress), 1):
+            fault_point("render", n)  # tests only: its pages are drawn, its progress line is not
             done[r["id"]] = r
             plog.write(jsonl([r]))
             plog.flush()

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ocrmem.data import read_manifest
 from ocrmem.errors import UserError, UserFileNotFoundError
+from ocrmem.faults import fault_point
 from ocrmem.io import atomic_path, write_json
 from ocrmem.render import load_png
 from ocrmem.model.encoder import DTYPES, FrozenEncoder, build_encoder
@@ -129,6 +130,7 @@ def _write_shard(out: Path, index: dict, tensors: dict) -> None:
     name = f"shard-{len(index['shards']):05d}.safetensors"
     with atomic_path(out / name) as tmp:
         save_file(tensors, str(tmp))
+    fault_point("encode", len(index["shards"]) + 1)  # tests only: the shard is written, the index not yet
     index["shards"].append(name)
     index["pages"].update({sha: name for sha in tensors})
     write_json(out / INDEX, index, sort_keys=True)

@@ -46,6 +46,8 @@ def run_group(settings: Settings, new: bool = False) -> str | None:
     if os.environ.get("WANDB_RUN_GROUP"):
         return os.environ["WANDB_RUN_GROUP"]
     path = Path(settings.train.output_dir) / GROUP_FILE
+    if new and int(os.environ.get("RANK", "0")) != 0:  # only rank 0 logs (and writes files)
+        return None
     if new:
         group = f"ocrmem-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,7 +69,9 @@ def trainer_report_to(settings: Settings) -> str:
         os.environ.setdefault("WANDB_ENTITY", t.entity)
     os.environ.setdefault("WANDB_DIR", str(Path.cwd()))
     os.environ.setdefault("WANDB_SILENT", "true")
-    os.environ["WANDB_RUN_GROUP"] = run_group(settings, new=True)
+    group = run_group(settings, new=True)
+    if group:
+        os.environ["WANDB_RUN_GROUP"] = group
     return "wandb"
 
 

@@ -19,15 +19,20 @@ import os
 import shutil
 import time
 import warnings
+from functools import partial
 from pathlib import Path
+from unittest import mock
 
 import torch
+import transformers.trainer
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer import SCHEDULER_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints, sort_checkpoints
 
 from ocrmem.align import align
 from ocrmem.dataset import TrainingInputs, first_batch, training_inputs
+from ocrmem.faults import fault_point
 from ocrmem.gradcheck import GradientFlowError, check_gradient_flow
 from ocrmem.io import write_json
 from ocrmem.model.ocrmem import ADAPTER_WEIGHTS, OcrMemModel, read_adapter
@@ -86,6 +91,38 @@ class NonFiniteGuard(TrainerCallback):
         for name, p in model.trainable_parameters():
             if p.numel() and not torch.isfinite(p.detach()).all():
                 raise _nonfinite(f"trained weight {name} is not finite", args, state)
+        fault_point("train", state.global_step)  # tests only (ocrmem/faults.py)
+
+
+def _frozen_names(module: torch.nn.Module) -> set[str]:
+    """Every state-dict name of a frozen parameter, tied aliases included (lm_head.weight of a tied LLM)."""
+    return {n for n, p in module.named_parameters(remove_duplicate=False) if not p.requires_grad}
+
+
+def _trained_module_state(engine, *args, **kwargs) -> dict:
+    """DeepSpeed's module state without any frozen tensor: its exclude_frozen_parameters misses tied aliases."""
+    sd = type(engine).module_state_dict(engine, *args, **kwargs)
+    for name in _frozen_names(engine.module) & set(sd):
+        del sd[name]
+    return sd
+
+
+def _load_all_but_frozen(src: dict, dst: torch.nn.Module) -> None:
+    frozen = _frozen_names(dst)
+    result = dst.load_state_dict(src, strict=False)
+    missing = sorted(set(result.missing_keys) - frozen)
+    if missing or result.unexpected_keys:
+        raise RuntimeError(f"DeepSpeed checkpoint does not match the model: missing trained tensors {missing[:5]}, "
+                           f"unexpected {sorted(result.unexpected_keys)[:5]}")
+
+
+def load_engine_without_frozen(engine, checkpoint_path: str, load_module_strict: bool = True) -> None:
+    """Resume a DeepSpeed engine from a checkpoint saved with exclude_frozen_parameters: every tensor but
+    the frozen ones must be there (the frozen ones come from the base model, as at the start)."""
+    path, _ = engine.load_checkpoint(checkpoint_path, load_module_strict=False, load_optimizer_states=True,
+                                     load_lr_scheduler_states=True, custom_load_fn=_load_all_but_frozen)
+    if path is None:
+        raise ValueError(f"[deepspeed] failed to resume from checkpoint {checkpoint_path}")
 
 
 class OcrMemTrainer(Trainer):
@@ -110,12 +147,19 @@ class OcrMemTrainer(Trainer):
                 raise GradientFlowError(report)
             print0(f"step-0 gradient check passed: loss {report.loss:.4f}, gradient reaches "
                    f"{len(report.trainable_grad_norms)} trainable tensors and no frozen one")
-        return super().train(*args, **kwargs)
+        # The Trainer resumes a DeepSpeed engine strictly unless the model is a PEFT model; ours lacks the
+        # frozen tensors on purpose (_save_optimizer_and_scheduler), so it gets a loader that allows just those.
+        with mock.patch.object(transformers.trainer, "deepspeed_load_checkpoint", load_engine_without_frozen):
+            return super().train(*args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         objective_ids = inputs.pop("objective_ids", None)
         outputs = model(**inputs, num_items_in_batch=num_items_in_batch)
         loss = outputs.loss
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # num_items_in_batch counts the target tokens of every rank and DDP / DeepSpeed average the ranks'
+            # gradients: undo that average, as Trainer.compute_loss does, or n processes learn n times slower.
+            loss = loss * self.accelerator.num_processes
         if not torch.isfinite(loss.detach()).all():
             raise _nonfinite(f"loss is {float(loss.detach())}", self.args, self.state)
         if model.training and objective_ids is not None and outputs.per_example_loss is not None:
@@ -147,6 +191,7 @@ class OcrMemTrainer(Trainer):
         finally:
             self._partial_root = None
         self.accelerator.wait_for_everyone()  # every rank's shards are in before the rename
+        fault_point("checkpoint", self.state.global_step)  # tests only: written whole, not yet renamed
         if self.args.should_save:
             final = os.path.join(run_dir, name)
             if os.path.isdir(final):  # a rerun that reached the same step
@@ -157,8 +202,24 @@ class OcrMemTrainer(Trainer):
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
         self.accelerator.wait_for_everyone()
 
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if not self.is_deepspeed_enabled:
+            return super()._save_optimizer_and_scheduler(output_dir)
+        from accelerate.utils import DeepSpeedSchedulerWrapper
+
+        # DeepSpeed's engine state without the frozen LLM, which never changes (~15 GB per resume point for
+        # a 7B LLM); the Trainer passes exclude_frozen_parameters only for PEFT models.
+        engine = self.model_wrapped
+        with mock.patch.object(engine, "module_state_dict", partial(_trained_module_state, engine)):
+            engine.save_checkpoint(output_dir, exclude_frozen_parameters=True)
+        if self.args.should_save and not isinstance(self.lr_scheduler, DeepSpeedSchedulerWrapper):
+            torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
+
     def _save(self, output_dir: str | None = None, state_dict=None):
         # Only the trained tensors (plus the JSON naming the frozen parts); the frozen LLM is never copied.
+        # Rank 0 only: under DeepSpeed the Trainer calls this on every rank.
+        if not self.args.should_save:
+            return
         output_dir = output_dir or self.args.output_dir
         model = self.accelerator.unwrap_model(self.model) if hasattr(self, "accelerator") else self.model
         model.save_adapter(output_dir, state_dict=state_dict)

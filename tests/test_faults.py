@@ -1,13 +1,19 @@
 """Faults planted deterministically: torn checkpoints are skipped (and can no longer be written),
-corrupted adapters are refused before the LLM loads (issue 12, items 1-2)."""
+corrupted adapters are refused before the LLM loads (issue 12, items 1-2), and `render`, `encode` and
+`train` SIGKILLed at several points (OCRMEM_FAULT_AT, ocrmem/faults.py) rerun to the uninterrupted result."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 
@@ -194,3 +200,85 @@ def test_pixel_path_refuses_a_page_changed_after_render(pipeline):
     train_ds, _, _ = build_datasets(s, OcrMemModel.build(s))
     with pytest.raises(UserError, match=rf"{page}: changed since it was rendered"):
         train_ds[0]
+
+
+# -- kills planted with OCRMEM_FAULT_AT (ocrmem/faults.py): SIGKILL at a deterministic point, then a
+# rerun converges to the uninterrupted result ---------------------------------------------------------
+
+
+def _write_params(s, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(json.loads(s.model_dump_json())))
+    return path
+
+
+def _killed(stage: str, params: Path, at: str) -> None:
+    """`ocrmem <stage>` in a subprocess that SIGKILLs itself at `at` (no cleanup runs)."""
+    r = subprocess.run([sys.executable, "-m", "ocrmem.cli", stage, "--params", str(params)], cwd=params.parent,
+                       env=dict(os.environ, OCRMEM_FAULT_AT=at), capture_output=True, text=True, timeout=300)
+    assert r.returncode == -signal.SIGKILL, f"not killed at {at}: rc {r.returncode}\n{r.stderr[-2000:]}"
+
+
+def _rendered(s) -> tuple[list, dict]:
+    from ocrmem.data import read_manifest
+
+    rows = {split: read_manifest(s, split) for split in ("train", "eval")}
+    return rows, {p.relative_to(s.rendered_dir).as_posix(): p.read_bytes() for p in s.rendered_dir.rglob("*.png")}
+
+
+def _features(s) -> dict:
+    from ocrmem.features import FeatureCache
+
+    cache = FeatureCache(s.features_dir)
+    return {sha: cache.get([sha])[0] for sha in sorted(cache.index["pages"])}
+
+
+@pytest.fixture
+def fault_settings(make_settings, tmp_path):
+    def make(name: str):
+        s = make_settings(features={"shard_pages": 8}, train={"max_steps": 4, "save_steps": 2, "save_total_limit": 3})
+        s.data.out_dir = str(tmp_path / name / "data")
+        s.train.output_dir = str(tmp_path / name / "ckpt")
+        (tmp_path / name).mkdir()
+        return s, _write_params(s, tmp_path / name / "params.yaml")
+
+    return make
+
+
+slow = pytest.mark.slow
+
+
+@pytest.mark.parametrize("at", [pytest.param("render:1", marks=slow), "render:5", pytest.param("encode:1", marks=slow),
+                                "encode:2"])
+def test_killed_render_or_encode_reruns_to_the_uninterrupted_result(fault_settings, at):
+    ref, ref_params = fault_settings("straight")
+    for stage in ("render", "encode"):
+        assert main([stage, "--params", str(ref_params)]) == 0
+    s, params = fault_settings("killed")
+    if at.startswith("encode"):
+        assert main(["render", "--params", str(params)]) == 0
+    _killed(at.split(":")[0], params, at)
+    with pytest.raises(UserError, match="ocrmem render|ocrmem encode"):  # the next stage refuses the torn output
+        _rendered(s) if at.startswith("render") else _features(s)
+    for stage in ("render", "encode"):  # rerun: what the pipeline does next
+        assert main([stage, "--params", str(params)]) == 0
+    assert _rendered(s) == _rendered(ref)
+    a, b = _features(ref), _features(s)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("at, resumed", [pytest.param("train:1", None, marks=slow), ("train:3", "checkpoint-2"),
+                                         ("checkpoint:2", None), pytest.param("checkpoint:4", "checkpoint-2", marks=slow)])
+def test_killed_train_reruns_to_the_uninterrupted_adapter(fault_settings, monkeypatch, at, resumed):
+    ref, ref_params = fault_settings("straight")
+    s, params = fault_settings("killed")
+    monkeypatch.chdir(params.parent)
+    for stage in ("render", "encode"):
+        assert main([stage, "--params", str(params)]) == 0
+    ref.data.out_dir = s.data.out_dir  # the same data: only training differs
+    train(ref, metrics_path=None)
+    _killed("train", params, at)
+    assert not s.adapter_dir.exists()
+    m = train(s, metrics_path=None)
+    assert (m["resumed_from"] or "").endswith(resumed or "") and bool(m["resumed_from"]) == bool(resumed)
+    assert m["steps"] == 4 and not list(Path(s.train.output_dir).glob(".partial-*"))
+    _same_adapter(ref.adapter_dir, s.adapter_dir)
