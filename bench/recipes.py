@@ -32,9 +32,10 @@ import time
 from pathlib import Path
 
 import torch
+from common import machine
 from transformers import TrainerCallback
 
-from common import machine
+from ocrmem.io import write_json
 
 RECIPES = {  # name -> stages of (train.objectives, last step as a fraction of --steps)
     "qa": [({"qa": 1.0}, 1.0)],
@@ -132,19 +133,14 @@ def run_all(args) -> dict:
     for name in args.recipes:
         result["recipes"].append(run_recipe(base, llm, tok, name, RECIPES[name], args.steps, args.every,
                                             Path(args.root), conditions))
-        write(args.out, result)
+        write_json(args.out, result)
     for k in args.fox_pools:
         s = base.model_copy(deep=True)
         s.model.token_pool = k
         result["fox"].append(run_recipe(s, llm, tok, f"recon_pool{k}", FOX, args.fox_steps, args.fox_steps,
                                         Path(args.root), ["ocr_memory"]))
-        write(args.out, result)
+        write_json(args.out, result)
     return result
-
-
-def write(path: str, result: dict) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(result, indent=2) + "\n")
 
 
 def plot(path: str) -> Path:
@@ -206,7 +202,7 @@ def main() -> None:
         return
     os.environ.setdefault("WANDB_MODE", "disabled")
     result = run_all(args)
-    write(args.out, result)
+    write_json(args.out, result)
     print(f"wrote {args.out}; plot: {plot(args.out)}")
 
 

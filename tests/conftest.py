@@ -4,8 +4,11 @@ goes through the real `from_pretrained` path; settings shrunk onto tmp_path."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
+import yaml
+from transformers import TrainerCallback
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -30,6 +33,31 @@ def tiny_models(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("models")
     return {"llm": build_tiny_llm(root / "tiny-llm"), "deepseek_ocr2": build_tiny_deepseek_ocr2(root / "tiny-ds")}
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class StopAt(TrainerCallback):
+    """Stops training after optimizer step `step`: a run "killed" deterministically (after its checkpoint
+    when save_steps divides `step`)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def repo_params(tmp_path, **sections) -> Path:
+    """The repository's params.yaml with some sections' fields replaced, written to tmp_path."""
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    for k, v in sections.items():
+        base[k] = {**base[k], **v}
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(base))
+    return p
 
 
 def tiny_settings_dict(root, tiny_models, **sections) -> dict:

@@ -14,22 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import StopAt
 from safetensors.torch import load_file, save_file
-from transformers import TrainerCallback
 
 from ocrmem.cli import main
 from ocrmem.errors import UserError
 from ocrmem.model import OcrMemModel
 from ocrmem.trainer import OcrMemTrainer, train
-
-
-class StopAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kw):
-        if state.global_step == self.step:
-            control.should_training_stop = True
 
 
 def _same_adapter(a_dir: Path, b_dir: Path) -> None:

@@ -4,21 +4,12 @@ loss of a resumed run, an empty history and glyphs the font lacks (issue 12, ite
 from __future__ import annotations
 
 import pytest
-from transformers import TrainerCallback
+from conftest import StopAt
 
 from ocrmem.cli import main
 from ocrmem.model import OcrMemModel
 from ocrmem.sources import read_text_corpus
 from ocrmem.trainer import train
-
-
-class StopAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kw):
-        if state.global_step == self.step:
-            control.should_training_stop = True
 
 
 def test_text_source_reports_its_tail(tmp_path, capsys):

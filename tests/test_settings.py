@@ -5,20 +5,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import repo_params
 
 from ocrmem.cli import main
 from ocrmem.settings import ConfigError, check_model_paths, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _params(tmp_path, **sections) -> Path:
-    base = yaml.safe_load((REPO / "params.yaml").read_text())
-    for k, v in sections.items():
-        base[k] = {**base[k], **v}
-    p = tmp_path / "params.yaml"
-    p.write_text(yaml.safe_dump(base))
-    return p
 
 
 @pytest.fixture
@@ -45,7 +37,7 @@ def test_params_files_spell_out_every_field(params_file, monkeypatch):
 @pytest.mark.parametrize("value", ["", "   "])
 @pytest.mark.parametrize("command", ["validate", "gradcheck", "train", "render"])
 def test_empty_model_name_exits_2_naming_the_field(tmp_path, capsys, no_model_loading, field, value, command):
-    p = _params(tmp_path, model={field: value})
+    p = repo_params(tmp_path, model={field: value})
     assert main([command, "--params", str(p)]) == 2
     err = capsys.readouterr().err
     assert f"model.{field}" in err and "must name a model" in err and "Traceback" not in err
@@ -53,13 +45,13 @@ def test_empty_model_name_exits_2_naming_the_field(tmp_path, capsys, no_model_lo
 
 def test_empty_model_name_via_environment(tmp_path, capsys, monkeypatch, no_model_loading):
     monkeypatch.setenv("OCRMEM_MODEL__OCR_MODEL_NAME", "")
-    assert main(["validate", "--params", str(_params(tmp_path))]) == 2
+    assert main(["validate", "--params", str(repo_params(tmp_path))]) == 2
     assert "model.ocr_model_name = ''" in capsys.readouterr().err
 
 
 def test_environment_overrides_yaml(tmp_path, monkeypatch):
     monkeypatch.setenv("OCRMEM_TRAIN__MAX_STEPS", "7")
-    assert load_settings(_params(tmp_path)).train.max_steps == 7
+    assert load_settings(repo_params(tmp_path)).train.max_steps == 7
 
 
 @pytest.mark.parametrize(
@@ -76,33 +68,33 @@ def test_environment_overrides_yaml(tmp_path, monkeypatch):
     ],
 )
 def test_bad_values_are_refused_with_the_field_named(tmp_path, capsys, sections, expected):
-    assert main(["validate", "--static", "--params", str(_params(tmp_path, **sections))]) == 2
+    assert main(["validate", "--static", "--params", str(repo_params(tmp_path, **sections))]) == 2
     assert expected in capsys.readouterr().err
 
 
 def test_all_bad_fields_reported_at_once(tmp_path):
     with pytest.raises(ConfigError) as e:
-        load_settings(_params(tmp_path, model={"ocr_model_name": "", "encoder": "x"}, train={"learning_rate": -1}))
+        load_settings(repo_params(tmp_path, model={"ocr_model_name": "", "encoder": "x"}, train={"learning_rate": -1}))
     assert len(e.value.messages) == 3
 
 
 def test_deepspeed_config_must_be_json(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     Path("ds.json").write_text("{not json")
-    assert main(["validate", "--static", "--params", str(_params(tmp_path, train={"deepspeed": "ds.json"}))]) == 2
+    assert main(["validate", "--static", "--params", str(repo_params(tmp_path, train={"deepspeed": "ds.json"}))]) == 2
     assert "not valid JSON" in capsys.readouterr().err
 
 
 def test_repo_deepspeed_configs_are_valid(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     for name in ("configs/ds_zero2.json", "configs/ds_zero3.json"):
-        assert load_settings(_params(tmp_path, train={"deepspeed": name})).train.deepspeed == name
+        assert load_settings(repo_params(tmp_path, train={"deepspeed": name})).train.deepspeed == name
     assert json.loads((REPO / "configs/ds_zero3.json").read_text())["zero_optimization"][
         "stage3_gather_16bit_weights_on_model_save"] is True
 
 
 def test_missing_local_model_path(tmp_path, capsys, no_model_loading):
-    p = _params(tmp_path, model={"base_llm_model_name": "./no/such/model"})
+    p = repo_params(tmp_path, model={"base_llm_model_name": "./no/such/model"})
     assert main(["validate", "--params", str(p)]) == 2
     assert "local path does not exist" in capsys.readouterr().err
     assert main(["validate", "--static", "--params", str(p)]) == 0  # static: paths checked by loading stages
@@ -112,7 +104,7 @@ def test_remote_code_needs_trust_remote_code(tmp_path):
     ckpt = tmp_path / "remote"
     ckpt.mkdir()
     (ckpt / "config.json").write_text(json.dumps({"model_type": "x", "auto_map": {"AutoModel": "m.M"}}))
-    s = load_settings(_params(tmp_path, model={"base_llm_model_name": str(ckpt)}))
+    s = load_settings(repo_params(tmp_path, model={"base_llm_model_name": str(ckpt)}))
     with pytest.raises(ConfigError, match="trust_remote_code is false"):
         check_model_paths(s)
     s.model.trust_remote_code = True

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import StopAt
 from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import TrainerCallback
@@ -19,15 +20,6 @@ from ocrmem.model import OcrMemModel
 from ocrmem.trainer import NonFiniteLossError, OcrMemTrainer, train
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-class StopAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kw):
-        if state.global_step == self.step:
-            control.should_training_stop = True
 
 
 class Capture(TrainerCallback):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_settings_dict
+from conftest import repo_params, tiny_settings_dict
 
 from ocrmem.cli import main
 
@@ -21,15 +21,6 @@ LATIN1 = "café".encode("latin-1")  # b'caf\xe9': not UTF-8
 def _params(tmp_path, tiny_models, **sections) -> Path:
     p = tmp_path / "params.yaml"
     p.write_text(yaml.safe_dump(tiny_settings_dict(tmp_path, tiny_models, **sections)))
-    return p
-
-
-def _repo_params(tmp_path, **sections) -> Path:
-    base = yaml.safe_load((REPO / "params.yaml").read_text())
-    for k, v in sections.items():
-        base[k] = {**base[k], **v}
-    p = tmp_path / "params.yaml"
-    p.write_text(yaml.safe_dump(base))
     return p
 
 
@@ -107,23 +98,23 @@ def test_non_utf8_history_file_names_file_and_line(tmp_path, capsys, monkeypatch
 
 
 def test_validate_refuses_a_missing_font(tmp_path, capsys):
-    p = _repo_params(tmp_path, render={"font_path": str(tmp_path / "nope.ttf")})
+    p = repo_params(tmp_path, render={"font_path": str(tmp_path / "nope.ttf")})
     _exits_2(capsys, ["validate", "--static", "--params", str(p)], "render.font_path", "nope.ttf", "no such font file")
 
 
 def test_validate_refuses_downsample_not_dividing_the_line_height(tmp_path, capsys):
     lines = {"encoder": "pixel_lines", "ocr_model_name": "pixel_lines", "token_pool": 1}  # the encoder this checks
-    p = _repo_params(tmp_path, model=lines, render={"font_size": 20},  # line height 25px, pixel_downsample 2
+    p = repo_params(tmp_path, model=lines, render={"font_size": 20},  # line height 25px, pixel_downsample 2
                      train={"align_steps": 0})
     _exits_2(capsys, ["validate", "--static", "--params", str(p)], "model.pixel_downsample=2 must divide the line height")
-    ok = _repo_params(tmp_path, model=lines, render={"font_size": 24}, train={"align_steps": 0})
+    ok = repo_params(tmp_path, model=lines, render={"font_size": 24}, train={"align_steps": 0})
     assert main(["validate", "--static", "--params", str(ok)]) == 0
 
 
 def test_validate_refuses_a_model_that_is_neither_local_nor_on_the_hub(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    p = _repo_params(tmp_path, model={"base_llm_model_name": "models/nope"})
+    p = repo_params(tmp_path, model={"base_llm_model_name": "models/nope"})
     t0 = time.perf_counter()
     _exits_2(capsys, ["validate", "--params", str(p)], "model.base_llm_model_name = 'models/nope'",
              "not a local directory, and the hub is unreachable")
@@ -139,7 +130,7 @@ def test_hub_unreachable_without_offline_mode(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info", no_network)
-    p = _repo_params(tmp_path, model={"base_llm_model_name": "models/nope"})
+    p = repo_params(tmp_path, model={"base_llm_model_name": "models/nope"})
     _exits_2(capsys, ["train", "--params", str(p)], "'models/nope'", "not a local directory, and the hub is unreachable")
 
 
