@@ -341,8 +341,8 @@ def train(settings: Settings, model: OcrMemModel | None = None, resume: bool = T
         aligned = align(settings, t.model, t.train.rows, t.train.pages)
     trainer = _make_trainer(settings, t, report_to, callbacks)
     before = heldout_loss(t.model, t.eval, trainer.data_collator, settings.eval.batch_size)
-    for partial in Path(out_dir).glob(PARTIAL + "*") if trainer.is_world_process_zero() else []:
-        shutil.rmtree(partial, ignore_errors=True)  # a checkpoint a killed run did not finish writing
+    for torn in Path(out_dir).glob(PARTIAL + "*") if trainer.is_world_process_zero() else []:
+        shutil.rmtree(torn, ignore_errors=True)  # a checkpoint a killed run did not finish writing
     if last:
         print0(f"resuming from {last}")
     t0 = time.time()
