@@ -2,6 +2,8 @@
 
     ocrmem benchmark [--params params.yaml] [--size cpu|gpu] [--adapter DIR] [--kinds ...] [--pages ...]
                      [--depths ...] [--points ...] [--conditions ...]          # benchmark(settings, ...)
+    ocrmem benchmark --points fs20 --no-report    # one point's results only (benchmark/dvc.yaml's matrix)
+    ocrmem benchmark --report-only                # the report from the saved points (benchmark_report)
 
 For each compression point (render settings that put more or less text on a line of the same
 height, so the same trained adapter reads them at a different text-per-memory-token ratio), the
@@ -10,32 +12,30 @@ samples; the grid is rendered (ocrmem/data.py, render.max_pages raised to the lo
 every condition of `eval.conditions` runs on it through evaluate's own machinery (the same inputs,
 the same token budget per example, the trained text baselines' soft prompts): only the data differ.
 
+Each point's results are saved under <data.out_dir>/benchmark/<point>/ (examples.jsonl, point.json)
+before the report reads them, so DVC runs the points as separate stages and reruns only a changed one.
+
 Outputs (under `out_dir`):
     metrics/benchmark.json            flat per point x condition figures + run facts (dvc metrics show)
     metrics/benchmark_examples.jsonl  per example: meta, token counts, each condition's answer
     plots/benchmark_cells.csv         point, condition, kind, lang, pages, depth -> accuracy, loss
     plots/benchmark_compression.csv   point, compression, condition -> accuracy, loss (the Fox-table shape)
-    plots/benchmark_heatmap_<point>.png, plots/benchmark_compression.png
+    plots/benchmark_heatmaps/<point>.png, plots/benchmark_compression.png
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
 from ocrmem.errors import UserError
+from ocrmem.io import write_json, write_jsonl
 from ocrmem.needles import KINDS, LANGS, make_needle_examples
+from ocrmem.settings import BENCH_POINTS as POINTS
 from ocrmem.settings import CONDITIONS, Settings
-
-# Compression points: same line height (so the same memory tokens per line), smaller glyphs, more text.
-POINTS = {
-    "fs24": {"font_size": 24, "line_spacing": 1.25},  # the default render settings (what the adapter saw)
-    "fs20": {"font_size": 20, "line_spacing": 1.5},
-    "fs16": {"font_size": 16, "line_spacing": 1.875},
-    "fs13": {"font_size": 13, "line_spacing": 2.3},
-}
 
 
 @dataclass
@@ -47,31 +47,32 @@ class BenchSpec:
     pages: tuple[int, ...]  # history lengths, in pages at each point's render settings
     depths: tuple[float, ...]
     samples: int  # examples per (kind, lang, pages, depth) cell
-    points: tuple[str, ...]
+    points: tuple[str, ...] = ()  # empty: settings.benchmark.points
     batch_size: int = 4
     seed: int = 0
     conditions: tuple[str, ...] = field(default_factory=tuple)  # empty: settings.eval.conditions
-    point_pages: tuple[int, ...] = field(default_factory=tuple)  # lengths at every point but the first (empty: pages)
+    point_pages: tuple[int, ...] = field(default_factory=tuple)  # lengths off the trained point (empty: pages)
     score_loss: bool = True  # teacher-forced answer loss too (a second forward pass per example and condition)
 
 
-# cpu: the full depth x length grid at the default render settings, a short slice at the denser points;
+# cpu: the full depth x length grid at the trained render settings, a short slice at the denser points;
 # generation only, and the zero-shot text conditions left out (they answer in sentences: 0.00 exact in
 # every evaluate run) so that it fits 15 minutes on 2 shared cores.
 SIZES = {
     "cpu": BenchSpec(kinds=("niah_single",), langs=("en",), pages=(1, 2, 4, 16), depths=(0.0, 0.25, 0.5, 0.75, 1.0),
-                     samples=1, points=("fs24", "fs20", "fs16"), point_pages=(1, 2), score_loss=False,
+                     samples=1, point_pages=(1, 2), score_loss=False,
                      conditions=("no_memory", "truncated_text_trained", "ocr_memory", "full_text_trained")),
     "gpu": BenchSpec(kinds=KINDS, langs=LANGS, pages=(1, 2, 4, 8, 16, 32), depths=tuple(i / 10 for i in range(11)),
-                     samples=8, points=tuple(POINTS), batch_size=8),
+                     samples=8, batch_size=8),
 }
 
 
-def resolve_spec(size: str, **overrides) -> BenchSpec:
-    """SIZES[size] with the given fields replaced (None: keep); refuses unknown names in one line."""
+def resolve_spec(size: str, points=None, **overrides) -> BenchSpec:
+    """SIZES[size] at `points` with the given fields replaced (None: keep); refuses unknown names in one line."""
     if size not in SIZES:
         raise UserError(f"--size {size!r}: use one of {', '.join(SIZES)}")
     spec = SIZES[size]
+    overrides["points"] = points
     changes = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if v is not None}
     spec = BenchSpec(**{**spec.__dict__, **changes})
     for name, allowed, values in (("kinds", KINDS, spec.kinds), ("langs", LANGS, spec.langs),
@@ -79,6 +80,8 @@ def resolve_spec(size: str, **overrides) -> BenchSpec:
         bad = [v for v in values if v not in allowed]
         if bad:
             raise UserError(f"--{name} {' '.join(map(str, bad))}: unknown; use any of {', '.join(allowed)}")
+    if not spec.points:
+        raise UserError("--points: name at least one compression point (or set benchmark.points in params.yaml)")
     if not spec.pages or min(spec.pages) < 1 or not spec.depths or not all(0 <= d <= 1 for d in spec.depths):
         raise UserError(f"--pages {spec.pages} / --depths {spec.depths}: pages are >= 1, depths fractions in [0, 1]")
     if spec.samples < 1:
@@ -105,9 +108,14 @@ def chars_per_page(rs, lang: str) -> int:
     return len(text) - cut
 
 
+def trained_point(settings: Settings, point: str) -> bool:
+    """Whether `point` renders as the adapter was trained (params.yaml's render settings)."""
+    return all(getattr(settings.render, k) == v for k, v in POINTS[point].items())
+
+
 def grid_examples(spec: BenchSpec, rs, first: bool = True) -> list:
     """Every example of the grid at render settings `rs` (lengths in pages become characters there);
-    the points after the first use `spec.point_pages` when set."""
+    the points off the trained render settings (first=False) use `spec.point_pages` when set."""
     out, lengths = [], spec.pages if first or not spec.point_pages else spec.point_pages
     for lang in spec.langs:
         cpp = chars_per_page(rs, lang)
@@ -159,7 +167,7 @@ def run_point(model, settings: Settings, point: str, spec: BenchSpec, conditions
     t0 = time.perf_counter()
     ps = point_settings(settings, point, spec, out_root)
     model.encoder = build_encoder(model.settings.model, ps.render)  # the line grid of this point's pages
-    rows = with_budgets(model, render_grid(ps, grid_examples(spec, ps.render, first=point == spec.points[0])))
+    rows = with_budgets(model, render_grid(ps, grid_examples(spec, ps.render, first=trained_point(settings, point))))
     tok, mtpp = model.tokenizer, model.memory_tokens_per_page
     f = _figures(tok, rows, mtpp)
     inputs, _ = _inputs(ps, tok, mtpp, rows, f.hist, conditions)
@@ -180,32 +188,66 @@ def run_point(model, settings: Settings, point: str, spec: BenchSpec, conditions
     return examples, facts
 
 
-def benchmark(settings: Settings, size: str = "cpu", adapter_dir: str | Path | None = None, out_dir: str | Path = ".",
-              progress: bool = True, model=None, **overrides) -> dict:
-    """The benchmark on a trained adapter (default train.output_dir/adapter): every point of the
-    chosen size's grid (fields overridable: kinds, langs, pages, depths, samples, points, conditions,
-    batch_size, seed); writes metrics/benchmark.json, its CSVs and PNGs; returns the metrics."""
-    from ocrmem.benchmark_report import aggregate, log_benchmark, write_outputs
-    from ocrmem.tracking import check_key
-    from ocrmem.evaluate import _load_model
+def point_dir(settings: Settings, point: str) -> Path:
+    """Where one point's rendered grid and results live (one DVC stage's output)."""
+    return Path(settings.data.out_dir) / "benchmark" / point
 
-    t0 = time.perf_counter()
-    spec = resolve_spec(size, **overrides)
+
+def benchmark(settings: Settings, size: str | None = None, adapter_dir: str | Path | None = None,
+              out_dir: str | Path = ".", progress: bool = True, model=None, report: bool = True,
+              points: list[str] | None = None, **overrides) -> dict | None:
+    """The benchmark on a trained adapter (default train.output_dir/adapter): every point (default
+    benchmark.points) of the chosen size's grid (default benchmark.size; fields overridable: kinds,
+    langs, pages, depths, samples, conditions, batch_size, seed). Saves each point's results, then
+    (report=True) writes metrics/benchmark.json, its CSVs and PNGs and returns the metrics."""
+    from ocrmem.evaluate import _load_model
+    from ocrmem.tracking import check_key
+
+    spec = resolve_spec(size or settings.benchmark.size, points or settings.benchmark.points, **overrides)
     check_key(settings)  # a missing WandB key stops before anything loads
     conditions = _conditions(settings, spec)
     soft = _soft_prompts(settings, conditions)
     model = (model if model is not None else _load_model(settings, adapter_dir)).eval()
-    out = Path(out_dir)
-    examples, points = [], {}
     for point in spec.points:
-        ex, points[point] = run_point(model, settings, point, spec, conditions, soft,
-                                      Path(settings.data.out_dir) / "benchmark", progress)
-        examples += ex
-    cells, curve = aggregate(examples, points, conditions)
-    metrics = {"size": size, "n_examples": len(examples), "conditions": conditions, "spec": dict(spec.__dict__),
-               "points": points, **{f"{r['point']}.{r['condition']}.{k}": r[k] for r in curve
-                                    for k in ("exact_match", "contains", "loss")},
-               "seconds.total": round(time.perf_counter() - t0, 1)}
-    pngs = write_outputs(out, metrics, examples, cells, curve, spec)
+        examples, facts = run_point(model, settings, point, spec, conditions, soft,
+                                    Path(settings.data.out_dir) / "benchmark", progress)
+        run = {"size": size or settings.benchmark.size, "conditions": conditions, "spec": dict(spec.__dict__)}
+        save_point(point_dir(settings, point), examples, {"facts": facts, "run": run})
+    return benchmark_report(settings, out_dir, list(spec.points)) if report else None
+
+
+def save_point(directory: Path, examples: list[dict], point: dict) -> None:
+    """A point's per-example records, then its facts: point.json is written last, so it marks a complete point."""
+    (directory / "point.json").unlink(missing_ok=True)
+    write_jsonl(directory / "examples.jsonl", examples)
+    write_json(directory / "point.json", point)
+
+
+def benchmark_report(settings: Settings, out_dir: str | Path = ".", points: list[str] | None = None) -> dict:
+    """The report of saved points (default benchmark.points): aggregates, writes metrics/benchmark.json,
+    the CSVs and PNGs, logs WandB panels; returns the metrics. A point not yet run is a one-line error."""
+    from ocrmem.benchmark_report import aggregate, log_benchmark, write_outputs
+
+    points = points or settings.benchmark.points
+    facts, runs, examples = {}, {}, []
+    for p in points:
+        d = point_dir(settings, p)
+        if not (d / "point.json").exists():
+            raise UserError(f"benchmark point {p!r} has no results in {d}: run `ocrmem benchmark --points {p}` "
+                            "(or `dvc repro benchmark/dvc.yaml`) first")
+        saved = json.loads((d / "point.json").read_text())
+        facts[p], runs[p] = saved["facts"], saved["run"]
+        examples += [json.loads(line) for line in (d / "examples.jsonl").read_text().splitlines() if line]
+    first = runs[points[0]]
+    conditions, spec = first["conditions"], BenchSpec(**{**first["spec"], "points": tuple(points)})
+    mixed = [p for p in points if runs[p]["conditions"] != conditions]
+    if mixed:
+        raise UserError(f"benchmark points {mixed} ran other conditions than {points[0]!r}: rerun them")
+    cells, curve = aggregate(examples, facts, conditions)
+    metrics = {"size": first["size"], "n_examples": len(examples), "conditions": conditions,
+               "spec": {**first["spec"], "points": list(points)}, "points": facts,
+               **{f"{r['point']}.{r['condition']}.{k}": r[k] for r in curve for k in ("exact_match", "contains", "loss")},
+               "seconds.total": round(sum(f["seconds"] for f in facts.values()), 1)}
+    pngs = write_outputs(Path(out_dir), metrics, examples, cells, curve, spec)
     log_benchmark(settings, metrics, cells, curve, pngs)
     return metrics

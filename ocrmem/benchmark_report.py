@@ -147,7 +147,8 @@ def write_outputs(out: Path, metrics: dict, examples: list[dict], cells: list[di
     write_jsonl(out / "metrics/benchmark_examples.jsonl", examples)
     write_csv(out / "plots/benchmark_cells.csv", CELL_COLUMNS, cells)
     write_csv(out / "plots/benchmark_compression.csv", CURVE_COLUMNS, curve)
-    pngs = [heatmap_png(out / f"plots/benchmark_heatmap_{p}.png", cells, p, conditions) for p in spec.points]
+    (out / "plots/benchmark_heatmaps").mkdir(parents=True, exist_ok=True)
+    pngs = [heatmap_png(out / f"plots/benchmark_heatmaps/{p}.png", cells, p, conditions) for p in spec.points]
     pngs.append(compression_png(out / "plots/benchmark_compression.png", curve, conditions))
     print(fox_table(curve, conditions))
     print(f"\nbenchmark: {metrics['n_examples']} examples in {metrics['seconds.total']:.0f}s -> "

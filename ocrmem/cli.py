@@ -101,26 +101,32 @@ def cmd_evaluate(args, s: Settings) -> int:
 
 
 def cmd_benchmark(args, s: Settings) -> int:
-    from ocrmem.benchmark import benchmark
+    from ocrmem.benchmark import benchmark, benchmark_report
 
-    benchmark(s, size=args.size, adapter_dir=args.adapter, kinds=args.kinds, langs=args.langs, pages=args.pages,
+    if args.report_only:
+        benchmark_report(s, points=args.points)
+        return 0
+    benchmark(s, report=not args.no_report, size=args.size, adapter_dir=args.adapter, kinds=args.kinds, langs=args.langs, pages=args.pages,
               depths=args.depths, samples=args.samples, points=args.points, conditions=args.conditions,
               point_pages=args.point_pages, score_loss=True if args.loss else None)
     return 0
 
 
 def _benchmark_args(sp) -> None:
-    sp.add_argument("--size", default="cpu", help="cpu (minutes on 2 cores) or gpu (every kind, both languages)")
+    sp.add_argument("--size", help="cpu (minutes on 2 cores) or gpu (every kind, both languages); default benchmark.size")
     sp.add_argument("--adapter", default=None, help="adapter dir (default: train.output_dir/adapter)")
     sp.add_argument("--kinds", nargs="+", help="task kinds (ocrmem.needles.KINDS); default: the size's")
     sp.add_argument("--langs", nargs="+", help="en, zh")
     sp.add_argument("--pages", nargs="+", type=int, help="history lengths in pages")
     sp.add_argument("--depths", nargs="+", type=float, help="needle depths, fractions 0..1")
     sp.add_argument("--samples", type=int, help="examples per cell")
-    sp.add_argument("--points", nargs="+", help="compression points (ocrmem.benchmark.POINTS)")
+    sp.add_argument("--points", nargs="+", help="compression points (ocrmem.settings.BENCH_POINTS); default benchmark.points")
     sp.add_argument("--conditions", nargs="+", help="default: the size's (gpu: eval.conditions)")
     sp.add_argument("--point-pages", nargs="+", type=int, help="lengths at the points after the first")
     sp.add_argument("--loss", action="store_true", help="also score the answer loss (a second forward pass)")
+    once = sp.add_mutually_exclusive_group()
+    once.add_argument("--no-report", action="store_true", help="only run and save the points (one DVC stage each)")
+    once.add_argument("--report-only", action="store_true", help="only the report of the saved points")
 
 
 def _read_history(path: str):

@@ -87,33 +87,23 @@ class ModelSettings(Section):
             )
         return v.strip()
 
-    @field_validator("encoder")
+    @field_validator("encoder", "projector")
     @classmethod
-    def _encoder_kind(cls, v: str) -> str:
-        if v not in ENCODER_KINDS:
-            raise ValueError(f"unknown encoder {v!r}: use one of {', '.join(ENCODER_KINDS)}")
+    def _known_kind(cls, v: str, info) -> str:
+        kinds = ENCODER_KINDS if info.field_name == "encoder" else PROJECTOR_KINDS
+        if v not in kinds:
+            raise ValueError(f"unknown {info.field_name} {v!r}: use one of {', '.join(kinds)}")
         return v
 
     @model_validator(mode="after")
-    def _lines_are_not_a_grid(self) -> "ModelSettings":
+    def _encoder_fits(self) -> "ModelSettings":
         if self.encoder == "pixel_lines" and self.token_pool != 1:
             raise ValueError("model.token_pool must be 1 with encoder pixel_lines (its tokens are lines, not a "
                              "square grid): compress with render settings (smaller font, more text per line) instead")
-        return self
-
-    @model_validator(mode="after")
-    def _recognizer_is_frozen(self) -> "ModelSettings":
         if self.encoder == "ppocr_rec" and not self.encoder_frozen:
             raise ValueError("model.encoder_frozen must be true with encoder ppocr_rec: it runs in onnxruntime, "
                              "which has no gradients (its features are cached instead)")
         return self
-
-    @field_validator("projector")
-    @classmethod
-    def _projector_kind(cls, v: str) -> str:
-        if v not in PROJECTOR_KINDS:
-            raise ValueError(f"unknown projector {v!r}: use one of {', '.join(PROJECTOR_KINDS)}")
-        return v
 
 
 class RenderSettings(Section):
@@ -248,6 +238,18 @@ class TrackingSettings(Section):
     log_pages: int = Field(4, ge=0, description="Rendered pages logged as images at the start.")
 
 
+# Benchmark compression points: one line height (so the same memory tokens per line), smaller glyphs, more
+# text per line. fs24 is the default render point the adapter trains at.
+BENCH_POINTS = {f"fs{px}": {"font_size": px, "line_spacing": round(30 / px, 4)} for px in (24, 20, 16, 13)}
+
+
+class BenchmarkSettings(Section):
+    size: Literal["cpu", "gpu"] = Field("cpu", description="`ocrmem benchmark` grid: cpu (minutes) or gpu (all kinds).")
+    points: list[Literal[tuple(BENCH_POINTS)]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["fs24", "fs20", "fs16"], min_length=1,
+        description="Compression points run, one DVC stage each (the matrix of benchmark/dvc.yaml).")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="OCRMEM_", env_nested_delimiter="__", extra="forbid", yaml_file=None
@@ -260,6 +262,7 @@ class Settings(BaseSettings):
     train: TrainSettings = Field(default_factory=TrainSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
+    benchmark: BenchmarkSettings = Field(default_factory=BenchmarkSettings)
 
     @classmethod
     def settings_customise_sources(

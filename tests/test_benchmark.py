@@ -77,7 +77,7 @@ def trained(tmp_path_factory, tiny_models):
 
 
 def test_benchmark_end_to_end(trained, tmp_path):
-    from ocrmem.benchmark import benchmark
+    from ocrmem.benchmark import benchmark, benchmark_report
 
     conds = ["no_memory", "truncated_text", "ocr_memory", "full_text"]
     m = benchmark(trained, size="cpu", out_dir=tmp_path, progress=False, pages=[1, 3], depths=[0.0, 0.5, 1.0],
@@ -99,9 +99,13 @@ def test_benchmark_end_to_end(trained, tmp_path):
     assert all(0 <= float(r["exact_match"]) <= 1 and r["loss"] for r in cells)
     curve = list(csv.DictReader((tmp_path / "plots/benchmark_compression.csv").open()))
     assert len(curve) == 2 * 4 and all(int(r["n"]) == 24 for r in curve)
-    for p in ("heatmap_fs24", "heatmap_fs16", "compression"):
+    for p in ("heatmaps/fs24", "heatmaps/fs16", "compression"):
         assert (tmp_path / f"plots/benchmark_{p}.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "metrics/benchmark.json").read_text())["fs24.ocr_memory.exact_match"] is not None
+    # The report of the saved points (benchmark/dvc.yaml's benchmark_report stage) is the run's own report.
+    again = benchmark_report(trained, out_dir=tmp_path / "again", points=["fs24", "fs16"])
+    assert again == json.loads(json.dumps(m))
+    assert (tmp_path / "again/plots/benchmark_cells.csv").read_text() == (tmp_path / "plots/benchmark_cells.csv").read_text()
 
 
 def test_benchmark_scores_the_answers_it_got(trained, tmp_path, monkeypatch):
@@ -123,6 +127,7 @@ def test_benchmark_scores_the_answers_it_got(trained, tmp_path, monkeypatch):
     (["--kinds", "nope"], "--kinds nope"),
     (["--points", "fs99"], "--points fs99"),
     (["--depths", "1.5"], "--depths"),
+    (["--report-only", "--points", "fs13"], "benchmark point 'fs13' has no results"),
 ])
 def test_benchmark_refuses_bad_input_in_one_line(trained, tmp_path, capsys, args, says):
     import yaml

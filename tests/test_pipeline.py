@@ -140,6 +140,47 @@ def test_stage_deps_cover_the_modules_its_code_imports(stage):
     assert not missing, f"dvc.yaml stage {stage!r} imports {missing} but does not list them in deps"
 
 
+def bench_stages() -> dict:
+    return yaml.safe_load((ROOT / "benchmark/dvc.yaml").read_text())["stages"]
+
+
+@pytest.mark.parametrize("stage, module", [("benchmark", "ocrmem.benchmark"), ("benchmark_report", "ocrmem.benchmark_report")])
+def test_benchmark_pipeline_deps_cover_its_imports(stage, module):
+    """benchmark/dvc.yaml: a point reruns when any module its code can run changes; the report when its own do."""
+    from module_graph import closure, module_file
+
+    deps = names(bench_stages()[stage].get("deps"))
+    missing = sorted(f for f in map(module_file, closure(module) | {"ocrmem.benchmark"})
+                     if f and not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps))
+    assert not missing, f"benchmark/dvc.yaml stage {stage!r} imports {missing} but does not list them in deps"
+
+
+def test_benchmark_pipeline_params_and_plots():
+    """Its params exist in Settings and params.yaml; one stage per benchmark.points entry; the plot
+    templates it names exist in .dvc/plots and take DVC's data."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for name, s in bench_stages().items():
+        for key in names(s.get("params")):
+            assert _has_key(Settings, key) and _present(params, key), f"{name}: params key {key!r}"
+    assert bench_stages()["benchmark"]["matrix"] == {"point": "${benchmark.points}"}
+    d = yaml.safe_load((ROOT / "benchmark/dvc.yaml").read_text())
+    templates = [v["template"] for p in d["plots"] if isinstance(p, dict) for v in p.values()]
+    for t in templates:
+        assert "<DVC_METRIC_DATA>" in (ROOT / f".dvc/plots/{t}.json").read_text(), t
+
+
+@pytest.mark.skipif(shutil.which("dvc") is None, reason="dvc CLI not installed")
+def test_benchmark_pipeline_expands_per_point_and_stays_out_of_the_default_repro():
+    out = subprocess.run(["dvc", "stage", "list", "--all", "--name-only"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout.split()
+    points = yaml.safe_load((ROOT / "params.yaml").read_text())["benchmark"]["points"]
+    assert [s for s in out if s.startswith("benchmark/")] == (
+        [f"benchmark/dvc.yaml:benchmark@{p}" for p in points] + ["benchmark/dvc.yaml:benchmark_report"])
+    default = subprocess.run(["dvc", "stage", "list", "--name-only"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
+    assert default == STAGES  # `dvc repro` runs ./dvc.yaml only: the default run stays within its budget
+
+
 def test_module_graph_sees_lazy_and_registry_imports():
     """The closure is not vacuous: it follows imports inside functions and registry entries."""
     from module_graph import closure
