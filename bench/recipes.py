@@ -3,6 +3,7 @@
     python bench/recipes.py --out bench/results/recipes-cuda.json                    # GPU: the full set
     python bench/recipes.py --steps 6 --every 3 --fox-steps 4 --out /tmp/r.json     # CPU smoke run
     python bench/recipes.py --plot bench/results/recipes-cuda.json                  # -> the same name, .png
+    python bench/recipes.py --recipes --fox-pools 8 12 16 --fox-steps 60 --fox-every 20   # CPU Fox table only
 
 Everything comes from params.yaml (override with OCRMEM_<SECTION>__<FIELD>, e.g. a bigger
 OCRMEM_DATA__SYNTHETIC__N_TRAIN); the script calls the stage functions themselves (render, encode,
@@ -127,7 +128,7 @@ def run_all(args) -> dict:
     encode(base, progress=False)
     result["prepare_seconds"] = round(time.perf_counter() - t0, 1)
     base.train.max_steps, base.train.save_steps = args.steps, args.steps
-    result["baselines"] = baselines(base)
+    result["baselines"] = baselines(base) if args.recipes else None  # a Fox-only run compares no QA
     llm, tok = load_llm(base.model)
     conditions = list(base.eval.conditions)
     for name in args.recipes:
@@ -137,8 +138,8 @@ def run_all(args) -> dict:
     for k in args.fox_pools:
         s = base.model_copy(deep=True)
         s.model.token_pool = k
-        result["fox"].append(run_recipe(s, llm, tok, f"recon_pool{k}", FOX, args.fox_steps, args.fox_steps,
-                                        Path(args.root), ["ocr_memory"]))
+        result["fox"].append(run_recipe(s, llm, tok, f"recon_pool{k}", FOX, args.fox_steps,
+                                        args.fox_every or args.fox_steps, Path(args.root), ["ocr_memory"]))
         write_json(args.out, result)
     return result
 
@@ -162,6 +163,9 @@ def plot(path: str) -> Path:
         for a, key in zip(ax, ("exact_match", "loss")):
             if got.get(key) is not None:
                 a.axhline(got[key], color="gray", linestyle=style, label=f"{c} (same steps)")
+    for f in r["fox"]:  # the reconstruction-only runs' own curves
+        ax[2].plot([p["step"] for p in f["curve"]], [p["reconstruction_precision"] for p in f["curve"]], marker="s",
+                   linestyle="--", label=f"reconstruction only, token_pool {f['token_pool']}")
     fox = sorted(r["fox"], key=lambda f: f["compression_mean"] or 0)
     ax[3].plot([f["compression_mean"] for f in fox], [f["reconstruction_precision"] for f in fox], marker="o")
     for f in fox:
@@ -177,6 +181,8 @@ def plot(path: str) -> Path:
             a.set_ylim(0, 1.02)
         a.grid(alpha=0.3)
     ax[0].legend(fontsize=8, loc="center right")
+    if r["fox"]:
+        ax[2].legend(fontsize=8)
     fig.suptitle(f"{r['task']}: {r['n_train']} train / {r['n_eval']} held-out sheets, batch {r['batch']}, "
                  f"lr {r['learning_rate']}, {r['machine'].get('card', '')}", fontsize=10)
     fig.tight_layout()
@@ -193,6 +199,7 @@ def main() -> None:
     ap.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=list(RECIPES))
     ap.add_argument("--fox-pools", nargs="*", type=int, default=[8, 16, 32])
     ap.add_argument("--fox-steps", type=int, default=600)
+    ap.add_argument("--fox-every", type=int, help="a Fox learning-curve point every N steps (default: the end only)")
     ap.add_argument("--root", default="runs/recipes", help="scratch directory for the runs' checkpoints")
     ap.add_argument("--out", default="bench/results/recipes.json")
     ap.add_argument("--plot", metavar="JSON", help="only draw the PNG of an earlier run")

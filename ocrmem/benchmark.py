@@ -213,6 +213,8 @@ def benchmark(settings: Settings, size: str | None = None, adapter_dir: str | Pa
                                     Path(settings.data.out_dir) / "benchmark", progress)
         run = {"size": size or settings.benchmark.size, "conditions": conditions, "spec": dict(spec.__dict__)}
         save_point(point_dir(settings, point), examples, {"facts": facts, "run": run})
+        print(f"benchmark {point}: {len(examples)} examples, compression {facts['compression']:.2f}, "
+              f"{facts['seconds']:.0f}s -> {point_dir(settings, point)}")
     return benchmark_report(settings, out_dir, list(spec.points)) if report else None
 
 
