@@ -21,6 +21,9 @@ import torch
 import torch.nn.functional as F
 
 
+CHUNK = 64  # lines read back by the CTC head at once (~460 MB of logits)
+
+
 def ctc_frames(best: np.ndarray, alphabet: list[str]) -> tuple[str, list[float]]:
     """Greedy CTC of one line's per-frame argmax: the text read and each character's centre frame."""
     change = np.flatnonzero(np.diff(best)) + 1
@@ -54,8 +57,10 @@ def alignment_targets(features: torch.Tensor, page_lines: list[int], encoder, to
     n_lines, frames = len(encoder.boxes), encoder.frames
     lines = features.reshape(len(features), n_lines, frames, features.shape[-1])
     drawn = [(p, line) for p, used in enumerate(page_lines) for line in range(used)]
-    # Only drawn lines: the CTC head has 18,710 classes, and most of a page's grid is blank.
-    best = encoder.ctc_argmax(torch.stack([lines[p, line] for p, line in drawn])) if drawn else []
+    # Only drawn lines, CHUNK at a time: the CTC head has 18,710 classes, so the logits of every line
+    # at once take 7 MB a line (1,024 sheets of 3 lines: 22 GB, killed by the OOM killer).
+    best = [b for i in range(0, len(drawn), CHUNK)
+            for b in encoder.ctc_argmax(torch.stack([lines[p, line] for p, line in drawn[i:i + CHUNK]]))]
     per_line = frames // k
     targets = torch.zeros(len(features), n_lines * per_line, embeddings.shape[1])
     counts = torch.full((len(features), n_lines * per_line), -1.0)

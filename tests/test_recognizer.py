@@ -103,6 +103,23 @@ def test_alignment_reads_the_features_back(encoder, tiny_models):
     assert drawn.sum() == n_tok and (counts[0, encoder.frames // 16:] == -1).all()
 
 
+def test_alignment_reads_lines_back_in_chunks_with_the_same_targets(encoder, tiny_models, monkeypatch):
+    """The CTC head reads drawn lines back CHUNK at a time (all at once: 22 GB of logits at 1,024 sheets)."""
+    from transformers import AutoTokenizer
+
+    from ocrmem import align
+
+    res = render_pages(" ".join(LATIN), RenderSettings())
+    assert sum(res.page_lines) >= 3
+    feats = encoder(encoder.preprocess(res.pages))
+    tok = AutoTokenizer.from_pretrained(tiny_models["llm"])
+    emb = torch.randn(tok.vocab_size + 16, 8)
+    whole = align.alignment_targets(feats, res.page_lines, encoder, tok, emb, 16)
+    monkeypatch.setattr(align, "CHUNK", 2)  # a chunk boundary inside the page's lines
+    for a, b in zip(whole, align.alignment_targets(feats, res.page_lines, encoder, tok, emb, 16)):
+        torch.testing.assert_close(a, b)
+
+
 def test_settings_refuse_what_the_recognizer_cannot_do(tmp_path):
     def load(**sections):
         p = tmp_path / "params.yaml"
