@@ -153,14 +153,16 @@ def plot(path: str) -> Path:
     import matplotlib.pyplot as plt
 
     r = json.loads(Path(path).read_text())
-    fig, ax = plt.subplots(1, 4, figsize=(19, 4.2))
+    panels = [0, 1, 2, 3] if r["recipes"] else [2, 3]  # a Fox-only run has no QA curves
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.75 * len(panels), 4.2))
+    ax = dict(zip(panels, axes))
     for rec in r["recipes"]:
         steps = [p["step"] for p in rec["curve"]]
-        for a, key in zip(ax, ("exact_match", "loss", "reconstruction_precision")):
-            a.plot(steps, [p[key] for p in rec["curve"]], marker="o", label=f"ocr_memory, {rec['recipe']}")
+        for i, key in enumerate(("exact_match", "loss", "reconstruction_precision")):
+            ax[i].plot(steps, [p[key] for p in rec["curve"]], marker="o", label=f"ocr_memory, {rec['recipe']}")
     for c, style in (("truncated_text_trained", ":"), ("full_text_trained", "--")):
         got = r["recipes"][0]["conditions"].get(c, {}) if r["recipes"] else {}
-        for a, key in zip(ax, ("exact_match", "loss")):
+        for a, key in zip([ax.get(0), ax.get(1)], ("exact_match", "loss")):
             if got.get(key) is not None:
                 a.axhline(got[key], color="gray", linestyle=style, label=f"{c} (same steps)")
     for f in r["fox"]:  # the reconstruction-only runs' own curves
@@ -174,13 +176,14 @@ def plot(path: str) -> Path:
         ax[3].text(0.5, 0.5, "not run", ha="center", transform=ax[3].transAxes)
     titles = ("held-out QA exact match", "held-out answer loss (nats/token)", "reconstruction character precision",
               f"Fox table: reconstruction-only, {r.get('fox_steps', '')} steps")
-    for i, (a, t) in enumerate(zip(ax, titles)):
-        a.set_title(t, fontsize=10)
+    for i, a in ax.items():
+        a.set_title(titles[i], fontsize=10)
         a.set_xlabel("compression (text tokens / memory tokens)" if i == 3 else "step")
         if i != 1:
             a.set_ylim(0, 1.02)
         a.grid(alpha=0.3)
-    ax[0].legend(fontsize=8, loc="center right")
+    if r["recipes"]:
+        ax[0].legend(fontsize=8, loc="center right")
     if r["fox"]:
         ax[2].legend(fontsize=8)
     fig.suptitle(f"{r['task']}: {r['n_train']} train / {r['n_eval']} held-out sheets, batch {r['batch']}, "
