@@ -170,5 +170,10 @@ def log_benchmark(settings, metrics: dict, cells: list[dict], curve: list[dict],
                  "benchmark/compression": ct,
                  "benchmark/accuracy_vs_compression": wandb.plot.scatter(ct, "compression", "exact_match",
                                                                          title="exact match vs compression"),
-                 **{f"benchmark/{p.stem}": wandb.Image(str(p)) for p in pngs}})
+                 **{f"benchmark/{_panel(p)}": wandb.Image(str(p)) for p in pngs}})
     run.finish()
+
+
+def _panel(png: Path) -> str:
+    """WandB key of a PNG: heatmap_<point> for plots/benchmark_heatmaps/<point>.png, else its stem."""
+    return f"heatmap_{png.stem}" if png.parent.name == "benchmark_heatmaps" else png.stem

@@ -122,6 +122,24 @@ def test_benchmark_scores_the_answers_it_got(trained, tmp_path, monkeypatch):
     assert m["fs24.no_memory.exact_match"] == 1.0 and m["fs24.ocr_memory.exact_match"] == 1.0
 
 
+def test_benchmark_logs_its_panels_to_wandb(trained, tmp_path, monkeypatch):
+    """With tracking on, the report logs the cell and compression tables, the curve and every PNG (offline run files)."""
+    from ocrmem import evaluate as E
+    from ocrmem.benchmark import benchmark
+
+    monkeypatch.setattr(E, "_run_condition", lambda model, c, items, rows, *a, **k: (
+        [(1.0, len(it.target_ids)) for it in items], [r["target"] for r in rows]))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    s = trained.model_copy(update={"tracking": trained.tracking.model_copy(update={"wandb_mode": "offline"})})
+    benchmark(s, size="cpu", out_dir=tmp_path, progress=False, pages=[1], depths=[0.5], points=["fs24", "fs16"],
+              conditions=["no_memory", "ocr_memory"])
+    files = [p.relative_to(tmp_path).as_posix() for p in (tmp_path / "wandb").glob("offline-run-*/files/media/**/*")]
+    for panel in ("table/benchmark/cells_", "table/benchmark/compression_", "images/benchmark/benchmark_compression_",
+                  "images/benchmark/heatmap_fs24_", "images/benchmark/heatmap_fs16_"):
+        assert any(panel in f for f in files), (panel, files)
+
+
 @pytest.mark.parametrize("args, says", [
     (["--size", "huge"], "--size 'huge'"),
     (["--kinds", "nope"], "--kinds nope"),
