@@ -140,8 +140,11 @@ def render_grid(settings: Settings, examples: list) -> list[dict]:
     return read_manifest(settings, "eval")
 
 
-def _conditions(settings: Settings, spec: BenchSpec) -> list[str]:
-    wanted = spec.conditions or tuple(settings.eval.conditions)
+def _conditions(settings: Settings, spec: BenchSpec, asked=None) -> list[str]:
+    """Conditions asked for (--conditions) as given; else the size's that eval.conditions runs (a pipeline
+    without trained baselines has none to load), or all of eval.conditions."""
+    ev = tuple(settings.eval.conditions)
+    wanted = asked or ([c for c in spec.conditions if c in ev] if spec.conditions else ev)
     return [c for c in CONDITIONS if c in wanted]  # canonical order
 
 
@@ -205,7 +208,7 @@ def benchmark(settings: Settings, size: str | None = None, adapter_dir: str | Pa
 
     spec = resolve_spec(size or settings.benchmark.size, points or settings.benchmark.points, **overrides)
     check_key(settings)  # a missing WandB key stops before anything loads
-    conditions = _conditions(settings, spec)
+    conditions = _conditions(settings, spec, overrides.get("conditions"))
     soft = _soft_prompts(settings, conditions)
     model = (model if model is not None else _load_model(settings, adapter_dir)).eval()
     for point in spec.points:

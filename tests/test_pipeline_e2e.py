@@ -102,6 +102,33 @@ def test_dvc_repro_reruns_only_what_changed(tmp_path):
         assert plot_id in html
 
 
+def test_benchmark_pipeline_runs_per_point_and_sweeps_through_dvc_experiments(tmp_path, monkeypatch):
+    """benchmark/dvc.yaml: `dvc repro` of it runs the main pipeline, one stage per point and the report; a
+    second reruns nothing; `dvc exp run -S` adding a point runs only that point and the report."""
+    repo = make_repo(tmp_path / "repo")
+    shutil.copytree(ROOT / "benchmark", repo / "benchmark")
+    shutil.copytree(ROOT / ".dvc/plots", repo / ".dvc/plots")
+    edit(repo / "params.yaml", "points: [fs24, fs20, fs16]", "points: [fs24, fs16]")
+    for k in ("AUTHOR", "COMMITTER"):  # `dvc exp run` commits its experiment
+        monkeypatch.setenv(f"GIT_{k}_NAME", "test")
+        monkeypatch.setenv(f"GIT_{k}_EMAIL", "test@example.com")
+    bench = {f"benchmark/dvc.yaml:benchmark@{p}" for p in ("fs24", "fs16")} | {"benchmark/dvc.yaml:benchmark_report"}
+    ran = set(re.findall(r"Running stage '([^']+)'", run(["dvc", "repro", "benchmark/dvc.yaml"], repo)))
+    assert ran == (ALL - {"evaluate"}) | bench  # it reads the adapter and baselines, not the evaluation
+    m = json.loads((repo / "metrics/benchmark.json").read_text())
+    assert set(m["points"]) == {"fs24", "fs16"} and m["conditions"] == ["no_memory", "ocr_memory"]
+    assert "Running stage" not in run(["dvc", "repro", "benchmark/dvc.yaml"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "benchmark"], repo)
+    out = run(["dvc", "exp", "run", "benchmark/dvc.yaml", "-S", "benchmark.points=[fs24,fs16,fs13]"], repo)
+    assert set(re.findall(r"Running stage '([^']+)'", out)) == {"benchmark/dvc.yaml:benchmark@fs13",
+                                                                "benchmark/dvc.yaml:benchmark_report"}
+    assert set(json.loads((repo / "metrics/benchmark.json").read_text())["points"]) == {"fs24", "fs16", "fs13"}
+    run(["dvc", "plots", "show", "-o", "dvc_plots"], repo)
+    html = (repo / "dvc_plots/index.html").read_text()
+    assert "benchmark_heatmap" in html and "benchmark_compression" in html
+
+
 def test_prefect_flow_runs_and_caches(tmp_path, monkeypatch):
     from prefect.testing.utilities import prefect_test_harness
 

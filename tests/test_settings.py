@@ -26,6 +26,21 @@ def no_model_loading(monkeypatch):
 
 
 @pytest.mark.parametrize("params_file", ["params.yaml", "configs/params.gpu.yaml", "tests/data/params.tiny.yaml"])
+def test_params_files_name_each_key_once(params_file):
+    """DVC refuses a params file that names a key twice; PyYAML (and so pydantic) silently keeps the last."""
+    class Strict(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node):
+        keys = [loader.construct_object(k) for k, _ in node.value]
+        assert len(keys) == len(set(keys)), f"{params_file}: a key twice in {keys}"
+        return loader.construct_mapping(node)
+
+    Strict.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    yaml.load((REPO / params_file).read_text(), Loader=Strict)
+
+
+@pytest.mark.parametrize("params_file", ["params.yaml", "configs/params.gpu.yaml", "tests/data/params.tiny.yaml"])
 def test_params_files_spell_out_every_field(params_file, monkeypatch):
     """Each params file is valid and complete: it names every field with the value the stages use, so
     DVC (which reads the file, not pydantic's defaults) sees every param a stage lists."""
