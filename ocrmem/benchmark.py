@@ -89,11 +89,16 @@ def resolve_spec(size: str, points=None, **overrides) -> BenchSpec:
     return spec
 
 
-def point_settings(settings: Settings, point: str, spec: BenchSpec, out_root: Path) -> Settings:
+def point_dir(settings: Settings, point: str) -> Path:
+    """Where one point's rendered grid and results live (one DVC stage's output)."""
+    return Path(settings.data.out_dir) / "benchmark" / point
+
+
+def point_settings(settings: Settings, point: str, spec: BenchSpec) -> Settings:
     """The settings one point runs under: its render overrides, pages enough for the longest history
     (+2: a history never loses its start), its own data dir, and the full text always scored."""
     render = settings.render.model_copy(update={**POINTS[point], "max_pages": max(spec.pages + spec.point_pages) + 2})
-    data = settings.data.model_copy(update={"out_dir": str(out_root / point)})
+    data = settings.data.model_copy(update={"out_dir": str(point_dir(settings, point))})
     ev = settings.eval.model_copy(update={"reconstruction_probe": False, "full_text_max_tokens": 10**9})
     return settings.model_copy(update={"render": render, "data": data, "eval": ev})
 
@@ -159,7 +164,7 @@ def _soft_prompts(settings: Settings, conditions: list[str]) -> dict:
 
 
 def run_point(model, settings: Settings, point: str, spec: BenchSpec, conditions: list[str], soft: dict,
-              out_root: Path, progress: bool = True) -> tuple[list[dict], dict]:
+              progress: bool = True) -> tuple[list[dict], dict]:
     """One compression point: render its grid, run every condition through evaluate's machinery;
     returns (per-example records, the point's facts)."""
     from ocrmem.conditions import with_budgets
@@ -168,7 +173,7 @@ def run_point(model, settings: Settings, point: str, spec: BenchSpec, conditions
     from ocrmem.model.encoder import build_encoder
 
     t0 = time.perf_counter()
-    ps = point_settings(settings, point, spec, out_root)
+    ps = point_settings(settings, point, spec)
     model.encoder = build_encoder(model.settings.model, ps.render)  # the line grid of this point's pages
     rows = with_budgets(model, render_grid(ps, grid_examples(spec, ps.render, first=trained_point(settings, point))))
     tok, mtpp = model.tokenizer, model.memory_tokens_per_page
@@ -191,11 +196,6 @@ def run_point(model, settings: Settings, point: str, spec: BenchSpec, conditions
     return examples, facts
 
 
-def point_dir(settings: Settings, point: str) -> Path:
-    """Where one point's rendered grid and results live (one DVC stage's output)."""
-    return Path(settings.data.out_dir) / "benchmark" / point
-
-
 def benchmark(settings: Settings, size: str | None = None, adapter_dir: str | Path | None = None,
               out_dir: str | Path = ".", progress: bool = True, model=None, report: bool = True,
               points: list[str] | None = None, **overrides) -> dict | None:
@@ -206,15 +206,15 @@ def benchmark(settings: Settings, size: str | None = None, adapter_dir: str | Pa
     from ocrmem.evaluate import _load_model
     from ocrmem.tracking import check_key
 
-    spec = resolve_spec(size or settings.benchmark.size, points or settings.benchmark.points, **overrides)
+    size = size or settings.benchmark.size
+    spec = resolve_spec(size, points or settings.benchmark.points, **overrides)
     check_key(settings)  # a missing WandB key stops before anything loads
     conditions = _conditions(settings, spec, overrides.get("conditions"))
     soft = _soft_prompts(settings, conditions)
     model = (model if model is not None else _load_model(settings, adapter_dir)).eval()
+    run = {"size": size, "conditions": conditions, "spec": dict(spec.__dict__)}  # what every point ran
     for point in spec.points:
-        examples, facts = run_point(model, settings, point, spec, conditions, soft,
-                                    Path(settings.data.out_dir) / "benchmark", progress)
-        run = {"size": size or settings.benchmark.size, "conditions": conditions, "spec": dict(spec.__dict__)}
+        examples, facts = run_point(model, settings, point, spec, conditions, soft, progress)
         save_point(point_dir(settings, point), examples, {"facts": facts, "run": run})
         print(f"benchmark {point}: {len(examples)} examples, compression {facts['compression']:.2f}, "
               f"{facts['seconds']:.0f}s -> {point_dir(settings, point)}")
