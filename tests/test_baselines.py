@@ -32,3 +32,14 @@ def test_text_baselines_train_only_their_soft_prompt_and_are_evaluated(pipeline,
     metrics = evaluate(s, progress=False)
     for c in CONDS:
         assert f"{c}.exact_match" in metrics
+
+
+def test_soft_prompt_starts_the_same_whatever_the_encoder(make_settings):
+    """Every trained condition starts from the same soft prompt, so the text baselines (which build the same
+    model) do not change with the encoder's settings: the projector's size must not move the starting vectors."""
+    from ocrmem.model.ocrmem import OcrMemModel
+
+    small, big = (OcrMemModel.build(make_settings(model={"soft_prompt_tokens": 4, "pixel_patch_size": k})) for k in (32, 64))
+    size = [sum(p.numel() for p in m.projector.parameters()) for m in (small, big)]
+    assert size[0] != size[1]  # the projectors draw unequal amounts from the seeded stream
+    torch.testing.assert_close(small.soft_prompt.vectors, big.soft_prompt.vectors, rtol=0, atol=0)

@@ -94,11 +94,12 @@ def _cache_of(out):
 class SoftPrompt(nn.Module):
     """`n` trained vectors the LLM reads right before the memory (OCR or text alike): the small task
     adapter that every trained condition gets, so OCR memory and the trained text baselines differ in
-    the memory alone (issue 10). Starts as the embeddings of `n` seeded random vocabulary tokens."""
+    the memory alone (issue 10). Starts as the embeddings of `n` random vocabulary tokens drawn from its own
+    seeded stream: drawn after the projector, they would change with the encoder's feature width."""
 
-    def __init__(self, n: int, embeddings: torch.Tensor):
+    def __init__(self, n: int, embeddings: torch.Tensor, seed: int):
         super().__init__()
-        pick = torch.randint(0, embeddings.shape[0], (n,))
+        pick = torch.randint(0, embeddings.shape[0], (n,), generator=torch.Generator().manual_seed(seed))
         self.vectors = nn.Parameter(embeddings[pick].detach().clone().float())
 
     def forward(self) -> torch.Tensor:
@@ -131,7 +132,7 @@ class OcrMemModel(nn.Module):
             out_scale=float(emb.float().std()), grid=getattr(encoder.encoder, "grid", "square"),
         )
         n_soft = settings.model.soft_prompt_tokens
-        soft = SoftPrompt(n_soft, emb) if n_soft else None
+        soft = SoftPrompt(n_soft, emb, settings.train.seed) if n_soft else None
         return cls(encoder, projector, llm, settings, tokenizer, soft)
 
     @classmethod
