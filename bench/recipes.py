@@ -153,13 +153,15 @@ def plot(path: str) -> Path:
     import matplotlib.pyplot as plt
 
     r = json.loads(Path(path).read_text())
-    panels = [0, 1, 2, 3] if r["recipes"] else [2, 3]  # a Fox-only run has no QA curves
+    panels = ([0, 1] if r["recipes"] else []) + [2] + ([3] if r["fox"] else [])  # a run draws what it measured
     fig, axes = plt.subplots(1, len(panels), figsize=(4.75 * len(panels), 4.2))
     ax = dict(zip(panels, axes))
     for rec in r["recipes"]:
         steps = [p["step"] for p in rec["curve"]]
         for i, key in enumerate(("exact_match", "loss", "reconstruction_precision")):
-            ax[i].plot(steps, [p[key] for p in rec["curve"]], marker="o", label=f"ocr_memory, {rec['recipe']}")
+            line, = ax[i].plot(steps, [p[key] for p in rec["curve"]], marker="o", label=f"ocr_memory, {rec['recipe']}")
+            for stage in rec["stages"][:-1]:  # where a staged recipe switches objective
+                ax[i].axvline(stage["until_step"], color=line.get_color(), alpha=0.3, linewidth=3)
     for c, style in (("truncated_text_trained", ":"), ("full_text_trained", "--")):
         got = r["recipes"][0]["conditions"].get(c, {}) if r["recipes"] else {}
         for a, key in zip([ax.get(0), ax.get(1)], ("exact_match", "loss")):
@@ -169,11 +171,10 @@ def plot(path: str) -> Path:
         ax[2].plot([p["step"] for p in f["curve"]], [p["reconstruction_precision"] for p in f["curve"]], marker="s",
                    linestyle="--", label=f"reconstruction only, token_pool {f['token_pool']}")
     fox = sorted(r["fox"], key=lambda f: f["compression_mean"] or 0)
-    ax[3].plot([f["compression_mean"] for f in fox], [f["reconstruction_precision"] for f in fox], marker="o")
+    if fox:
+        ax[3].plot([f["compression_mean"] for f in fox], [f["reconstruction_precision"] for f in fox], marker="o")
     for f in fox:
         ax[3].annotate(f"token_pool {f['token_pool']}", (f["compression_mean"], f["reconstruction_precision"]))
-    if not fox:
-        ax[3].text(0.5, 0.5, "not run", ha="center", transform=ax[3].transAxes)
     titles = ("held-out QA exact match", "held-out answer loss (nats/token)", "reconstruction character precision",
               f"Fox table: reconstruction-only, {r.get('fox_steps', '')} steps")
     for i, a in ax.items():
