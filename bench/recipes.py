@@ -44,7 +44,7 @@ RECIPES = {  # name -> stages of (train.objectives, last step as a fraction of -
     "mix": [({"qa": 0.5, "reconstruct": 0.5}, 1.0)],
 }
 FOX = [({"reconstruct": 1.0}, 1.0)]
-KEEP = ("exact_match", "loss")
+KEEP = ("exact_match", "loss", "exact_match_answer_cut")
 
 
 def quiet_evaluate(settings, model, out_dir: Path, conditions: list[str]) -> dict:

@@ -126,6 +126,7 @@ class ExampleFigures:
     mem_tok: list[int]  # memory tokens the pages cost
     compression: list[float | None] = field(default_factory=list)  # kept_tok / mem_tok
     history_compression: list[float | None] = field(default_factory=list)  # whole history / mem_tok
+    answer_cut: list[bool] = field(default_factory=list)  # the answer is in the history, not in its last mem_tok tokens
 
 
 def _load_model(settings: Settings, adapter_dir: str | Path | None):
@@ -157,7 +158,14 @@ def _figures(tok, rows: list[dict], mtpp: int) -> ExampleFigures:
     kept = [len(history_ids(tok, r["history"][r.get("cut_chars", 0):])) for r in rows]
     mem = [r.get("memory_tokens", len(r["pages"]) * mtpp) for r in rows]
     return ExampleFigures(hist, kept, mem, [k / m if m else None for k, m in zip(kept, mem)],
-                          [len(h) / m if m else None for h, m in zip(hist, mem)])
+                          [len(h) / m if m else None for h, m in zip(hist, mem)],
+                          [answer_cut(tok, h, m, r["target"]) for h, m, r in zip(hist, mem, rows)])
+
+
+def answer_cut(tok, hist: list[int], budget: int, target: str) -> bool:
+    """Whether the history holds the answer and the budget-truncated text (its last `budget` tokens, what
+    truncated_text reads) does not: the questions only a memory of the whole history can answer."""
+    return contains(tok.decode(hist), target) and not contains(tok.decode(hist[max(0, len(hist) - budget):]), target)
 
 
 def _inputs(settings: Settings, tok, mtpp: int, rows: list[dict], hist, conditions: list[str]):
@@ -222,7 +230,8 @@ def _example_record(i: int, r: dict, f: ExampleFigures, inputs: dict, results: d
            "cut_chars": r.get("cut_chars", 0), "history_tokens": len(f.hist[i]), "kept_text_tokens": f.kept_tok[i],
            "memory_tokens": f.mem_tok[i], "compression": rounded(f.compression[i], 4),
            "history_compression": rounded(f.history_compression[i], 4),
-           "bucket": bucket_of(f.compression[i]) if f.compression[i] is not None else None, "conditions": {}}
+           "bucket": bucket_of(f.compression[i]) if f.compression[i] is not None else None,
+           "answer_cut": f.answer_cut[i], "conditions": {}}
     for c, items in inputs.items():
         it, (loss, pred) = items[i], (results[c][0][i], results[c][1][i])
         rec["conditions"][c] = {
@@ -257,7 +266,7 @@ def _condition_row(c: str, examples: list[dict], losses: list, seconds: float) -
 
 def _condition_metrics(examples, inputs, results, seconds, f: ExampleFigures) -> tuple[dict, list[dict]]:
     """The flat per-condition metrics and the condition table."""
-    metrics: dict = {"n_examples": len(examples)}
+    metrics: dict = {"n_examples": len(examples), "answer_cut.n": sum(e["answer_cut"] for e in examples)}
     table = []
     for c in inputs:
         row = _condition_row(c, examples, results[c][0], seconds[c])
@@ -265,6 +274,9 @@ def _condition_metrics(examples, inputs, results, seconds, f: ExampleFigures) ->
         metrics.update({f"{c}.{k}": row[k] for k in TABLE_KEYS})
         if c == "full_text":
             metrics["full_text.skipped"] = len(examples) - row["n"]
+        cut = [e["conditions"][c] for e in examples if e["answer_cut"] and not e["conditions"][c]["skipped"]]
+        if cut:  # where only the whole history holds the answer: what a memory must add to the truncated text
+            metrics[f"{c}.exact_match_answer_cut"] = rounded(mean([float(s["correct"]) for s in cut]), 4)
         if c == "truncated_text":
             matched = [len(inputs[c][i].text_memory_ids) == f.mem_tok[i] for i in range(len(examples))]
             metrics["truncated_text.budget_matched"] = rounded(sum(matched) / len(examples), 4)

@@ -53,6 +53,10 @@ def eval_report(table: list[dict], buckets: list[dict], m: dict, source: str | N
                  f"range {fmt(m.get('compression.min'), 2)}-{fmt(m.get('compression.max'), 2)}, "
                  f"{m['memory_tokens_per_page']} memory tokens/page, {m['examples_cut']} histories cut to fit the pages"
                  + (f"; memory from {source}" if source else ""))
+    cut = {k.removesuffix(".exact_match_answer_cut"): v for k, v in m.items() if k.endswith(".exact_match_answer_cut")}
+    if cut:
+        lines.append(f"exact match on the {m['answer_cut.n']} questions whose answer the truncated text cut: "
+                     + ", ".join(f"{c} {fmt(v)}" for c, v in cut.items()))
     if buckets:
         lines.append(f"{'bucket':<8}{'compression':>12}{'ocr exact':>11}{'n':>5}"
                      + (f"{'recon prec':>12}" if "reconstruction_precision" in buckets[0] else ""))

@@ -167,6 +167,14 @@ def test_evaluate_end_to_end(eval_pipeline, tmp_path):
             if not c[cond]["skipped"]:
                 assert isinstance(c[cond]["prediction"], str) and isinstance(c[cond]["correct"], bool)
         assert e["compression"] == pytest.approx(e["kept_text_tokens"] / e["memory_tokens"], rel=1e-3)
+    # the questions whose answer the truncated text cut, scored per condition
+    cut = [e for e in ex if e["answer_cut"]]
+    # the easy sheets ask their first row, which the budget cuts; the long history asks its last sentence
+    assert [e["id"] for e in cut] == [r["id"] for r in rows if r["id"].startswith("syn-easy")] and m["answer_cut.n"] == 3
+    for cond in s.eval.conditions:
+        scored = [e["conditions"][cond]["correct"] for e in cut if not e["conditions"][cond]["skipped"]]
+        got = m.get(f"{cond}.exact_match_answer_cut")
+        assert got == (pytest.approx(sum(scored) / len(scored), abs=1e-4) if scored else None), cond
 
     # plots
     with open(tmp_path / "plots/eval_conditions.csv") as f:
@@ -177,6 +185,15 @@ def test_evaluate_end_to_end(eval_pipeline, tmp_path):
     assert buckets and sum(int(b["n"]) for b in buckets) == n
     assert all(b["bucket"] in S.BUCKET_NAMES for b in buckets)
     assert all(f"ocr_memory.bucket.{b['bucket']}.exact_match" in m for b in buckets)
+
+
+def test_answer_cut_marks_answers_only_the_whole_history_holds(eval_pipeline):
+    tok = eval_pipeline[1].tokenizer
+    hist = tok("alpha: cow; beta: dog; gamma: owl", add_special_tokens=False).input_ids
+    assert E.answer_cut(tok, hist, 2, "cow") and E.answer_cut(tok, hist, 2, "dog")
+    assert not E.answer_cut(tok, hist, 2, "owl")  # in the last two tokens
+    assert not E.answer_cut(tok, hist, 2, "zebra")  # nowhere in the history: no memory holds it either
+    assert not E.answer_cut(tok, hist, len(hist), "cow") and not E.answer_cut(tok, hist, 0, "zebra")
 
 
 def test_evaluate_subset_cache_and_probe(eval_pipeline, tmp_path):
