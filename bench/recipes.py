@@ -184,7 +184,8 @@ def plot(path: str) -> Path:
             a.set_ylim(0, 1.02)
         a.grid(alpha=0.3)
     if r["recipes"]:
-        ax[0].legend(fontsize=8, loc="center right")
+        ax[0].legend(fontsize=8, loc="best")
+        ax[1].set_yscale("log")  # a staged recipe's QA loss before its QA stage is 10x its end
     if r["fox"]:
         ax[2].legend(fontsize=8)
     fig.suptitle(f"{r['task']}: {r['n_train']} train / {r['n_eval']} held-out sheets, batch {r['batch']}, "
