@@ -20,7 +20,8 @@ the truncated baseline holds exactly the budgeted number of tokens.
 
 Per condition: teacher-forced target loss (token mean) and perplexity, and greedy exact match
 (one-word targets: the first word of the answer; else the whole normalised answer) plus the lenient
-`contains` (the target's words appear in the answer: chat models answer text memory in sentences).
+`contains` (the target's words appear in the answer: chat models answer text memory in sentences),
+and exact match on the questions whose answer the budget-truncated text cut (`answer_cut`).
 Per example: compression = text tokens on the pages / memory tokens (DeepSeek-OCR's Fox figure)
 and ocr_memory accuracy by compression bucket. Optional `eval.reconstruction_probe`: the model is
 asked to repeat the memory text; character precision 1 - levenshtein / len(source) by bucket.
