@@ -20,7 +20,7 @@ from __future__ import annotations
 from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
-from ocrmem.conditions import TRAINED_TEXT, baselines_dir, soft_prompt_path, with_budgets
+from ocrmem.conditions import TRAINED_TEXT, baselines_dir, history_ids, recent_tokens, soft_prompt_path, with_budgets
 from ocrmem.dataset import MemoryCollator, clip_prompt, memory_prompt, target_ids
 from ocrmem.io import write_json
 from ocrmem.settings import Settings
@@ -28,11 +28,8 @@ from ocrmem.tracking import print0
 
 def text_memory_ids(tokenizer, row: dict, condition: str) -> list[int]:
     """The history tokens a text condition reads: all of them, or the most recent `memory_tokens`."""
-    ids = tokenizer(row["history"], add_special_tokens=False).input_ids if row["history"] else []
-    if condition.startswith("truncated_text"):
-        budget = row["memory_tokens"]
-        return ids[len(ids) - budget:] if budget else []
-    return ids
+    ids = history_ids(tokenizer, row["history"])
+    return recent_tokens(ids, row["memory_tokens"]) if condition.startswith("truncated_text") else ids
 
 
 class TextMemoryDataset(Dataset):

@@ -37,6 +37,11 @@ def history_ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False).input_ids if text else []
 
 
+def recent_tokens(ids: list[int], budget: int) -> list[int]:
+    """The most recent `budget` tokens: what the truncated text conditions read (all of them if fewer)."""
+    return list(ids[max(0, len(ids) - budget):]) if budget else []
+
+
 def build_condition_input(condition: str, row: dict, tokenizer, memory_tokens_per_page: int,
                           hist_ids: list[int] | None = None, max_prompt_tokens: int = 128,
                           max_target_tokens: int = 64, full_text_max_tokens: int = 2048,
@@ -58,7 +63,7 @@ def build_condition_input(condition: str, row: dict, tokenizer, memory_tokens_pe
         return CondInput(condition, ids, tgt, n_pages=n_pages, memory_tokens=budget, memory_pos=pos,
                          page_lines=list(row.get("page_lines") or []))
     if condition.startswith("truncated_text"):
-        mem = hist_ids[len(hist_ids) - budget:] if budget else []  # the most recent `budget` tokens
+        mem = recent_tokens(hist_ids, budget)
     elif len(hist_ids) > full_text_max_tokens:  # full_text
         return CondInput(condition, [], tgt, text_memory_ids=[], skipped=True, memory_pos=-1)
     else:

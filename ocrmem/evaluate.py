@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 
 from ocrmem.conditions import (CondInput, TRAINED_TEXT, build_condition_input, collate, history_ids,  # noqa: F401
-                               load_soft_prompt, with_budgets)
+                               load_soft_prompt, recent_tokens, with_budgets)
 from ocrmem.dataset import PROMPTS, CachedPages, PixelPages
 from ocrmem.errors import UserError, UserFileNotFoundError
 from ocrmem.io import write_csv, write_json, write_jsonl
@@ -166,7 +166,7 @@ def _figures(tok, rows: list[dict], mtpp: int) -> ExampleFigures:
 def answer_cut(tok, hist: list[int], budget: int, target: str) -> bool:
     """Whether the history holds the answer and the budget-truncated text (its last `budget` tokens, what
     truncated_text reads) does not: the questions only a memory of the whole history can answer."""
-    return contains(tok.decode(hist), target) and not contains(tok.decode(hist[max(0, len(hist) - budget):]), target)
+    return contains(tok.decode(hist), target) and not contains(tok.decode(recent_tokens(hist, budget)), target)
 
 
 def _inputs(settings: Settings, tok, mtpp: int, rows: list[dict], hist, conditions: list[str]):

@@ -89,6 +89,21 @@ def test_condition_inputs_are_built_as_specified(eval_pipeline):
         assert len(ft.prompt_ids) - len(hist) == len(tt.prompt_ids) - len(tt.text_memory_ids)
 
 
+def test_truncated_text_reads_a_history_shorter_than_its_budget_whole(eval_pipeline):
+    """A budget between the history's length and twice it: a negative slice start would keep only the excess."""
+    from ocrmem.baselines import text_memory_ids
+
+    _, model, rows = eval_pipeline
+    tok = model.tokenizer
+    row = next(r for r in rows if r["id"] == "long-1")
+    hist = E.history_ids(tok, row["history"])
+    for budget in (len(hist) + 1, 2 * len(hist) - 1, len(hist) - 1):
+        r = {**row, "memory_tokens": budget}
+        want = hist[-min(budget, len(hist)):]
+        assert E.build_condition_input("truncated_text", r, tok, 1).text_memory_ids == want, budget
+        assert text_memory_ids(tok, r, "truncated_text_trained") == want, budget
+
+
 def test_collate_labels_only_on_target(eval_pipeline):
     s, model, rows = eval_pipeline
     items = [E.build_condition_input("ocr_memory", r, model.tokenizer, model.memory_tokens_per_page) for r in rows[:3]]
