@@ -28,9 +28,9 @@ import torch
 from common import machine, measure, save, table
 import shapes
 
-from ocrmem.model.encoder import DeepseekOcr2Encoder, FrozenEncoder
-from ocrmem.model.ocrmem import OcrMemModel
-from ocrmem.model.projector import build_projector
+from ocrmem.memory.encoder import DeepseekOcr2Encoder, FrozenEncoder
+from ocrmem.memory.model import OcrMemModel
+from ocrmem.memory.projector import build_projector
 from ocrmem.settings import Settings
 
 DT = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -161,8 +161,8 @@ def loader_speed(model, bsz, pages, text, workers, step_ms) -> list[list]:
     from safetensors.torch import save_file
     from torch.utils.data import DataLoader
 
-    from ocrmem.dataset import CachedPages, MemoryCollator, MemoryDataset
-    from ocrmem.features import FeatureCache
+    from ocrmem.data.dataset import CachedPages, MemoryCollator, MemoryDataset
+    from ocrmem.data.features import FeatureCache
 
     tok = shapes.tokenizer()
     n = bsz * 8

@@ -36,7 +36,7 @@ import torch
 from common import machine
 from transformers import TrainerCallback
 
-from ocrmem.io import write_json
+from ocrmem.common.io import write_json
 
 RECIPES = {  # name -> stages of (train.objectives, last step as a fraction of --steps)
     "qa": [({"qa": 1.0}, 1.0)],
@@ -49,7 +49,7 @@ KEEP = ("exact_match", "loss", "exact_match_answer_cut")
 
 def quiet_evaluate(settings, model, out_dir: Path, conditions: list[str]) -> dict:
     """`evaluate` on the held-out split with these conditions, its table printed to nowhere."""
-    from ocrmem.evaluate import evaluate
+    from ocrmem.evaluation.evaluate import evaluate
 
     s = settings.model_copy(deep=True)
     s.eval.conditions, s.eval.reconstruction_probe = conditions, True
@@ -81,8 +81,8 @@ class Curve(TrainerCallback):
 
 def run_recipe(base, llm, tok, name: str, stages, steps: int, every: int, root: Path, conditions: list[str]) -> dict:
     """Train one recipe stage by stage (a later stage resumes the earlier one's checkpoint), then evaluate."""
-    from ocrmem.model import OcrMemModel
-    from ocrmem.trainer import train
+    from ocrmem.memory import OcrMemModel
+    from ocrmem.training.trainer import train
 
     s = base.model_copy(deep=True)
     s.train.output_dir = str(root / name)
@@ -109,10 +109,10 @@ def run_recipe(base, llm, tok, name: str, stages, steps: int, every: int, root: 
 
 
 def run_all(args) -> dict:
-    from ocrmem.baselines import baselines
-    from ocrmem.data import render
-    from ocrmem.features import encode
-    from ocrmem.model import load_llm
+    from ocrmem.training.baselines import baselines
+    from ocrmem.data.manifest import render
+    from ocrmem.data.features import encode
+    from ocrmem.memory import load_llm
     from ocrmem.settings import load_settings
 
     base = load_settings(args.params)

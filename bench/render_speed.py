@@ -17,7 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 # bench/ is the script's directory, so Python finds its siblings (common, shapes) without any path edits.
 from common import machine, save, table
 
-from ocrmem.render import lines_per_page, png_bytes, render_pages
+from ocrmem.memory.render import lines_per_page, png_bytes, render_pages
 from ocrmem.settings import RenderSettings
 
 LATIN = ("The quick brown fox jumps over the lazy dog while the committee reviews the quarterly memory "

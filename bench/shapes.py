@@ -52,6 +52,6 @@ def llm(kind: str, dtype=torch.float32):
 
 
 def tokenizer():
-    from ocrmem.standins import tiny_tokenizer
+    from ocrmem.memory.standins import tiny_tokenizer
 
     return tiny_tokenizer()

@@ -27,9 +27,9 @@ import shapes
 from costs import build
 from transformers import TrainerCallback
 
-from ocrmem.dataset import CachedPages, MemoryCollator, MemoryDataset
-from ocrmem.features import FeatureCache
-from ocrmem.trainer import OcrMemTrainer
+from ocrmem.data.dataset import CachedPages, MemoryCollator, MemoryDataset
+from ocrmem.data.features import FeatureCache
+from ocrmem.training.trainer import OcrMemTrainer
 
 
 class StepTimer(TrainerCallback):

@@ -44,10 +44,10 @@ import torch
 
 from common import machine, sync, table
 
-from ocrmem.dataset import memory_prompt
-from ocrmem.inference import MemoryLLM
-from ocrmem.render import draw_page
-from ocrmem.session import _crop, page_key, page_layout
+from ocrmem.memory.prompt import memory_prompt
+from ocrmem.serving.memory_llm import MemoryLLM
+from ocrmem.memory.render import draw_page
+from ocrmem.serving.caches import crop_cache, page_key, page_layout
 
 PROMPT = "Which city did the grey heron fly to on day 3? Answer with one word."
 WORDS = ("red green blue grey amber silver violet golden heron otter badger falcon lynx crane maple cedar "
@@ -104,7 +104,7 @@ class Split:
     projector, prefill (the LLM's first forward in the call; its positions too); other = the rest."""
 
     def __init__(self, model, device):
-        import ocrmem.session as session
+        import ocrmem.serving.caches as session
 
         self.model, self.device, self.session, self.parts, self.handles = model, device, session, {}, []
         self._draw = session.draw_page
@@ -243,7 +243,7 @@ def ocr_runs(model, history: str) -> dict:
         (causal: the same as a session over the history without its last page would hold)."""
         chat = held["chat"]
         chat.prefix.embeds = chat.prefix.embeds[:before_last].clone()
-        _crop(chat.prefix.cache, before_last)
+        crop_cache(chat.prefix.cache, before_last)
         warm_setup()
         return chat
 
@@ -287,7 +287,7 @@ def build_model(kind: str, device: str, dtype: str, max_pages: int):
     """default: params.yaml's models; real / tiny: bench/shapes.py's DeepSeek-OCR-2 tower + a
     Qwen2-0.5B-shaped LLM (real) or their tiny versions (tiny: the same code path, runs on a CPU).
     The projector is untrained either way."""
-    from ocrmem.model.ocrmem import OcrMemModel
+    from ocrmem.memory.model import OcrMemModel
     from ocrmem.settings import Settings, load_settings
 
     if kind == "default":
@@ -295,8 +295,8 @@ def build_model(kind: str, device: str, dtype: str, max_pages: int):
         s = Settings.model_validate({**s.model_dump(), "render": {**s.render.model_dump(), "max_pages": max_pages}})
         return OcrMemModel.build(s).to(device)
     import shapes
-    from ocrmem.model.encoder import DeepseekOcr2Encoder, FrozenEncoder
-    from ocrmem.model.projector import build_projector
+    from ocrmem.memory.encoder import DeepseekOcr2Encoder, FrozenEncoder
+    from ocrmem.memory.projector import build_projector
 
     dt = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     with torch.device(device):

@@ -12,7 +12,7 @@ and encode only; a failed train or evaluate is a real failure), a run history, r
 work pool, and the evaluation table as an artifact (key `ocrmem-eval`, read from metrics/eval.json,
 plus a markdown summary `ocrmem-eval-summary`).
 
-Task = stage = `ocrmem <stage>` = the library function (see README, "Where things are"). The repo
+Task = stage = `ocrmem <stage>` = ocrmem/stages/<stage>.py: all derive from `ocrmem.stages.PIPELINE`. The repo
 (with its .git, .dvc, params.yaml, models and data) is the working directory: under the docker
 deployment it is mounted at /app. Every stage of one flow run logs to the same WandB group.
 """
@@ -20,7 +20,6 @@ deployment it is mounted at /app. Every stage of one flow run logs to the same W
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -30,7 +29,8 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-STAGES = ("validate", "standins", "render", "encode", "gradcheck", "train", "baselines", "evaluate")
+from ocrmem.stages import PIPELINE, read_json, summary
+
 TABLE = ("exact_match", "contains", "loss", "perplexity", "n")
 
 
@@ -50,65 +50,23 @@ def dvc_repro(stage: str) -> str:
     return "".join(lines)
 
 
-def _json(path: str | Path) -> dict:
-    path = Path(path)
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 STAGE = dict(cache_policy=NO_CACHE, log_prints=True)  # DVC decides what reruns, not a Prefect cache
+IO_STAGES = ("render", "encode")  # retried: a failed train or evaluate is a real failure
 IO_RETRIES = dict(retries=2, retry_delay_seconds=10)
 
 
-@task(name="validate", **STAGE)
-def validate() -> dict:
-    dvc_repro("validate")
-    return _json("metrics/validate.json")
+def _stage_task(name: str):
+    """The Prefect task of one pipeline stage: `dvc repro --single-item <name>`, then the stage's figures."""
+
+    def run_stage() -> dict | None:
+        dvc_repro(name)
+        return summary(name)
+
+    run_stage.__name__ = run_stage.__qualname__ = name
+    return task(name=name, **STAGE, **(IO_RETRIES if name in IO_STAGES else {}))(run_stage)
 
 
-@task(name="standins", **STAGE)
-def standins() -> None:
-    dvc_repro("standins")
-
-
-@task(name="render", **STAGE, **IO_RETRIES)
-def render() -> dict:
-    from ocrmem.settings import load_settings
-
-    dvc_repro("render")
-    return _json(load_settings("params.yaml").rendered_dir / "stats.json").get("total", {})
-
-
-@task(name="encode", **STAGE, **IO_RETRIES)
-def encode() -> None:
-    dvc_repro("encode")
-
-
-@task(name="gradcheck", **STAGE)
-def gradcheck() -> dict:
-    dvc_repro("gradcheck")
-    return _json("metrics/gradcheck.json")
-
-
-@task(name="train", **STAGE)
-def train() -> dict:
-    dvc_repro("train")
-    return _json("metrics/train.json")
-
-
-@task(name="baselines", **STAGE)
-def baselines() -> dict:
-    dvc_repro("baselines")
-    return _json("metrics/baselines.json")
-
-
-@task(name="evaluate", **STAGE)
-def evaluate() -> dict:
-    dvc_repro("evaluate")
-    return _json("metrics/eval.json")
-
-
-TASKS = {"validate": validate, "standins": standins, "render": render, "encode": encode, "gradcheck": gradcheck,
-         "train": train, "baselines": baselines, "evaluate": evaluate}
+TASKS = {name: _stage_task(name) for name in PIPELINE}  # task = stage = `ocrmem <stage>` = ocrmem/stages/<stage>.py
 
 
 def publish_eval(metrics: dict) -> list[dict]:
@@ -120,7 +78,7 @@ def publish_eval(metrics: dict) -> list[dict]:
     create_table_artifact(key="ocrmem-eval", table=rows, description="OCR-MEM evaluation: one row per condition")
     lines = ["# OCR-MEM evaluation", "", "| condition | exact match | loss |", "|---|---|---|"]
     lines += [f"| {r['condition']} | {r['exact_match']} | {r['loss']} |" for r in rows]
-    t = _json("metrics/train.json")
+    t = read_json("metrics/train.json")
     if t:
         lines += ["", f"held-out loss {t.get('eval_loss_before')} -> {t.get('eval_loss_after')} "
                       f"after {t.get('steps')} steps"]
@@ -151,12 +109,12 @@ def ocrmem_pipeline(workdir: str | None = None, stop_after: str | None = None) -
     """
     from prefect.runtime import flow_run
 
-    if stop_after is not None and stop_after not in STAGES:
-        raise ValueError(f"stop_after={stop_after!r}: use one of {', '.join(STAGES)}")
-    last = STAGES.index(stop_after) if stop_after else len(STAGES) - 1
+    if stop_after is not None and stop_after not in PIPELINE:
+        raise ValueError(f"stop_after={stop_after!r}: use one of {', '.join(PIPELINE)}")
+    last = PIPELINE.index(stop_after) if stop_after else len(PIPELINE) - 1
     done: dict = {}
     with _in_repo(workdir, f"ocrmem-{flow_run.get_id() or 'local'}"):
-        for name in STAGES[: last + 1]:
+        for name in PIPELINE[: last + 1]:
             done[name] = TASKS[name]()
         if "evaluate" in done:
             publish_eval(done["evaluate"])
@@ -168,7 +126,7 @@ if __name__ == "__main__":
 
     ap = argparse.ArgumentParser(description="run the OCR-MEM pipeline as a Prefect flow")
     ap.add_argument("--workdir", default=None)
-    ap.add_argument("--stop-after", default=None, choices=STAGES)
+    ap.add_argument("--stop-after", default=None, choices=PIPELINE)
     a = ap.parse_args()
     ocrmem_pipeline(workdir=a.workdir, stop_after=a.stop_after)
     sys.exit(0)

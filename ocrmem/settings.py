@@ -18,21 +18,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
-from ocrmem.errors import UserError
-from ocrmem.model.registry import ENCODERS, PROJECTORS
+from ocrmem.common.errors import ConfigError
+from ocrmem.memory.registry import ENCODERS, PROJECTORS
 
 ENCODER_KINDS = tuple(ENCODERS)  # one source: the registry the builders look up
 PROJECTOR_KINDS = tuple(PROJECTORS)
 OBJECTIVES = ("qa", "reconstruct", "continue")
 CONDITIONS = ("no_memory", "truncated_text", "truncated_text_trained", "ocr_memory", "full_text", "full_text_trained")
-
-
-class ConfigError(UserError):
-    """A config that must not start. `messages` holds one line per bad field."""
-
-    def __init__(self, messages: list[str]):
-        self.messages = messages
-        super().__init__("invalid config:\n  " + "\n  ".join(messages))
 
 
 class Section(BaseModel):
@@ -130,7 +122,7 @@ class RenderSettings(Section):
 class SyntheticSettings(Section):
     difficulty: Literal["easy", "medium", "hard", "prose", "lookup", "lookup_zh"] = Field(
         "easy", description="easy: key-value sheet, always the first row asked; medium: any row; hard: 16 rows, "
-        "32 words; prose: facts hidden in prose (needs a real OCR encoder). See ocrmem.tasks.make_synthetic.",
+        "32 words; prose: facts hidden in prose (needs a real OCR encoder). See ocrmem.tasks.lookup.make_synthetic.",
     )
     n_train: int = Field(512, gt=0, description="Training examples.")
     n_eval: int = Field(64, gt=0, description="Held-out examples.")
@@ -170,7 +162,7 @@ class TrainSettings(Section):
     save_steps: int = Field(20, gt=0, description="Checkpoint every N steps (resume point).")
     save_total_limit: int = Field(2, gt=0, description="Checkpoints kept.")
     align_steps: int = Field(0, ge=0, description="Projector alignment steps before the LLM-in-the-loop ones "
-                             "(ocrmem/align.py; no LLM pass). Needs encoder ppocr_rec with recognizer_layer neck.")
+                             "(ocrmem/training/align.py; no LLM pass). Needs encoder ppocr_rec with recognizer_layer neck.")
     align_learning_rate: float = Field(1e-3, gt=0, description="Learning rate of the alignment regression.")
     bf16: bool = Field(False, description="bf16 autocast (GPUs).")
     gradient_checkpointing: bool = Field(False, description="Checkpoint the frozen LLM (non-reentrant).")
@@ -316,84 +308,3 @@ def load_settings(path: str | os.PathLike | None = "params.yaml", **overrides: A
     except ValidationError as e:
         raise ConfigError([_format_error(err) for err in e.errors()]) from None
     return Settings.model_validate(s.model_dump())
-
-
-def check_model_paths(s: Settings) -> None:
-    """Refuse a local model path that is missing (called before any model is loaded)."""
-    bad = []
-    names = [("model.base_llm_model_name", s.model.base_llm_model_name)]
-    if s.model.encoder == "ppocr_rec":
-        from ocrmem.model.hub import resolve_onnx
-
-        try:
-            resolve_onnx(s.model.ocr_model_name)
-        except FileNotFoundError as e:
-            bad.append(str(e))
-    elif s.model.encoder not in ("pixels", "pixel_lines"):
-        names.append(("model.ocr_model_name", s.model.ocr_model_name))
-    for field, name in names:
-        if is_local_path(name) and not Path(name).expanduser().exists():
-            bad.append(
-                f"{field} = {name!r}: local path does not exist: run `ocrmem standins` "
-                f"(or `dvc repro standins`) to build the local models, or point it at a hub id"
-            )
-        elif not is_local_path(name) and not Path(name).expanduser().exists():
-            from ocrmem.model.hub import hub_problem
-
-            problem = hub_problem(name, s.model.revision)
-            if problem:
-                bad.append(f"{field} = {name!r}: {problem}: for a local directory start it with ./ or /")
-    for field, name in names:
-        cfg = Path(name).expanduser() / "config.json"
-        if is_local_path(name) and cfg.is_file() and not s.model.trust_remote_code:
-            try:
-                auto_map = json.loads(cfg.read_text()).get("auto_map")
-            except json.JSONDecodeError:
-                auto_map = None
-            if auto_map:
-                bad.append(f"{field} = {name!r}: this checkpoint runs its own code (config.json has auto_map) but "
-                           "model.trust_remote_code is false: read that code, then set trust_remote_code: true")
-    if s.model.base_llm_gguf_file and is_local_path(s.model.base_llm_model_name):
-        gguf = Path(s.model.base_llm_model_name).expanduser() / s.model.base_llm_gguf_file
-        if Path(s.model.base_llm_model_name).expanduser().exists() and not gguf.is_file():
-            bad.append(f"model.base_llm_gguf_file = {s.model.base_llm_gguf_file!r}: no such file in "
-                       f"{s.model.base_llm_model_name}")
-    if bad:
-        raise ConfigError(bad)
-
-
-def check_values(s: Settings) -> None:
-    """Refuse values that are each valid but fail once used: a missing font file, a page geometry a
-    weightless encoder cannot cut (e.g. pixel_downsample not dividing the line height)."""
-    from ocrmem.model.registry import ENCODERS, lookup
-
-    bad = []
-    font = s.render.font_path
-    if font is not None and not Path(font).expanduser().is_file():
-        bad.append(f"render.font_path = {font!r}: no such font file: point it at a TTF/OTF/TTC file, or set it "
-                   "to null to use the bundled Noto Sans CJK")
-    cls = lookup(ENCODERS, s.model.encoder, "encoder")
-    if getattr(cls, "weightless", False):  # building it loads nothing, so its own checks run here
-        try:
-            cls.from_settings(s.model, s.render)
-        except UserError as e:
-            bad.append(f"model.encoder = {s.model.encoder!r}: {e}")
-    if bad:
-        raise ConfigError(bad)
-
-
-def validate(settings: Settings, static: bool = True, out: str | os.PathLike | None = None) -> dict:
-    """The validate stage: the config was read without error (load_settings) and its values fit together
-    (check_values); unless `static`, model names must resolve too (check_model_paths; else ConfigError).
-    On success writes {"valid": true} to `out`: constant content, so a stage depending on it reruns only
-    when validation's verdict changes."""
-    check_values(settings)
-    if not static:
-        check_model_paths(settings)
-    if out is not None:
-        from ocrmem.io import write_json
-
-        write_json(out, {"valid": True}, indent=None)
-    m = settings.model
-    return {"valid": True, "encoder": m.encoder, "llm": m.base_llm_model_name, "projector": m.projector,
-            "deepspeed": settings.train.deepspeed}

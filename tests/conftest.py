@@ -29,7 +29,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
-    from ocrmem.standins import build_tiny_deepseek_ocr2, build_tiny_llm
+    from ocrmem.memory.standins import build_tiny_deepseek_ocr2, build_tiny_llm
 
     root = tmp_path_factory.mktemp("models")
     return {"llm": build_tiny_llm(root / "tiny-llm"), "deepseek_ocr2": build_tiny_deepseek_ocr2(root / "tiny-ds")}
@@ -94,10 +94,10 @@ def pipeline(make_settings):
     """Rendered + encoded tiny dataset; returns its settings."""
     from transformers import AutoTokenizer
 
-    from ocrmem.data import render_dataset
-    from ocrmem.features import encode
-    from ocrmem.model import tokens_per_page
-    from ocrmem.model.encoder import tokens_per_line
+    from ocrmem.data.manifest import render_dataset
+    from ocrmem.data.features import encode
+    from ocrmem.memory import tokens_per_page
+    from ocrmem.memory.encoder import tokens_per_line
 
     def build(**sections):
         s = make_settings(**sections)

@@ -1,8 +1,8 @@
 """Which ocrmem modules a module can run: its import closure, read from the source with ast.
 
 Imports anywhere in a module count (inside functions too), and so do registry entries written as
-"ocrmem.module:attribute" strings (ocrmem/model/registry.py imports those when a kind is built).
-`from package import name` resolves to the module that defines `name` (ocrmem.model's names are
+"ocrmem.module:attribute" strings (ocrmem/memory/registry.py imports those when a kind is built).
+`from package import name` resolves to the module that defines `name` (ocrmem.memory's names are
 resolved lazily, so the package itself is only a map).
 """
 

@@ -8,12 +8,12 @@ CONDS = ["no_memory", "truncated_text", "truncated_text_trained", "ocr_memory", 
 
 
 def test_text_baselines_train_only_their_soft_prompt_and_are_evaluated(pipeline, tmp_path, monkeypatch):
-    from ocrmem.baselines import baselines, train_text_baseline
-    from ocrmem.conditions import load_soft_prompt, with_budgets
-    from ocrmem.data import read_manifest
-    from ocrmem.evaluate import evaluate
-    from ocrmem.model.ocrmem import OcrMemModel
-    from ocrmem.trainer import train
+    from ocrmem.training.baselines import baselines, train_text_baseline
+    from ocrmem.evaluation.conditions import load_soft_prompt, with_budgets
+    from ocrmem.data.manifest import read_manifest
+    from ocrmem.evaluation.evaluate import evaluate
+    from ocrmem.memory.model import OcrMemModel
+    from ocrmem.training.trainer import train
 
     monkeypatch.chdir(tmp_path)
     s = pipeline(model={"soft_prompt_tokens": 2}, eval={"conditions": CONDS})
@@ -37,7 +37,7 @@ def test_text_baselines_train_only_their_soft_prompt_and_are_evaluated(pipeline,
 def test_soft_prompt_starts_the_same_whatever_the_encoder(make_settings):
     """Every trained condition starts from the same soft prompt, so the text baselines (which build the same
     model) do not change with the encoder's settings: the projector's size must not move the starting vectors."""
-    from ocrmem.model.ocrmem import OcrMemModel
+    from ocrmem.memory.model import OcrMemModel
 
     small, big = (OcrMemModel.build(make_settings(model={"soft_prompt_tokens": 4, "pixel_patch_size": k})) for k in (32, 64))
     size = [sum(p.numel() for p in m.projector.parameters()) for m in (small, big)]

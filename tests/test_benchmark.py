@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ocrmem.needles import make_needle_examples
+from ocrmem.tasks.needles import make_needle_examples
 
 
 def _long_examples(n: int, split: str, n_chars: int = 2500) -> list:
@@ -27,11 +27,11 @@ def test_training_and_evaluation_with_multi_page_memory(make_settings, tmp_path)
     proj moves), evaluated with the OCR memory costing every page's tokens."""
     from transformers import AutoTokenizer
 
-    from ocrmem.data import read_manifest, render_dataset
-    from ocrmem.evaluate import evaluate
-    from ocrmem.features import encode
-    from ocrmem.model import OcrMemModel, tokens_per_page
-    from ocrmem.trainer import train
+    from ocrmem.data.manifest import read_manifest, render_dataset
+    from ocrmem.evaluation.evaluate import evaluate
+    from ocrmem.data.features import encode
+    from ocrmem.memory import OcrMemModel, tokens_per_page
+    from ocrmem.training.trainer import train
 
     s = make_settings(render={"max_pages": 5}, eval={"conditions": ["no_memory", "truncated_text", "ocr_memory"],
                                                      "reconstruction_probe": False})
@@ -55,9 +55,9 @@ def test_training_and_evaluation_with_multi_page_memory(make_settings, tmp_path)
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_models):
     """A tiny adapter trained for 2 steps; its settings."""
-    from ocrmem.model import OcrMemModel
+    from ocrmem.memory import OcrMemModel
     from ocrmem.settings import Settings
-    from ocrmem.trainer import train
+    from ocrmem.training.trainer import train
     from conftest import tiny_settings_dict
 
     root = tmp_path_factory.mktemp("bench")
@@ -65,9 +65,9 @@ def trained(tmp_path_factory, tiny_models):
                                                                               "gradcheck_at_start": False}))
     from transformers import AutoTokenizer
 
-    from ocrmem.data import render_dataset
-    from ocrmem.features import encode
-    from ocrmem.model import tokens_per_page
+    from ocrmem.data.manifest import render_dataset
+    from ocrmem.data.features import encode
+    from ocrmem.memory import tokens_per_page
 
     tok = AutoTokenizer.from_pretrained(s.model.base_llm_model_name)
     render_dataset(s, tokenizer=tok, tokens_per_page=tokens_per_page(s), progress=False)
@@ -77,7 +77,7 @@ def trained(tmp_path_factory, tiny_models):
 
 
 def test_benchmark_end_to_end(trained, tmp_path):
-    from ocrmem.benchmark import benchmark, benchmark_report
+    from ocrmem.evaluation.benchmark import benchmark, benchmark_report
 
     conds = ["no_memory", "truncated_text", "ocr_memory", "full_text"]
     m = benchmark(trained, size="cpu", out_dir=tmp_path, progress=False, pages=[1, 3], depths=[0.0, 0.5, 1.0],
@@ -110,8 +110,8 @@ def test_benchmark_end_to_end(trained, tmp_path):
 
 def test_benchmark_scores_the_answers_it_got(trained, tmp_path, monkeypatch):
     """Accuracy comes from the predictions: a model that always answers the target scores 1."""
-    from ocrmem import evaluate as E
-    from ocrmem.benchmark import benchmark
+    from ocrmem.evaluation import evaluate as E
+    from ocrmem.evaluation.benchmark import benchmark
 
     def oracle(model, condition, items, rows, pages, bs, max_new_tokens, bar, score_loss=True):
         return [(1.0, len(it.target_ids)) for it in items], [r["target"] for r in rows]
@@ -124,8 +124,8 @@ def test_benchmark_scores_the_answers_it_got(trained, tmp_path, monkeypatch):
 
 def test_benchmark_logs_its_panels_to_wandb(trained, tmp_path, monkeypatch):
     """With tracking on, the report logs the cell and compression tables, the curve and every PNG (offline run files)."""
-    from ocrmem import evaluate as E
-    from ocrmem.benchmark import benchmark
+    from ocrmem.evaluation import evaluate as E
+    from ocrmem.evaluation.benchmark import benchmark
 
     monkeypatch.setattr(E, "_run_condition", lambda model, c, items, rows, *a, **k: (
         [(1.0, len(it.target_ids)) for it in items], [r["target"] for r in rows]))

@@ -1,4 +1,4 @@
-"""The benchmark's task generators (ocrmem/needles.py, ocrmem/conversation.py): seeded, the needle
+"""The benchmark's task generators (ocrmem/tasks/needles.py, ocrmem/tasks/conversation.py): seeded, the needle
 once at the asked depth, the latest value as the conversation answer, real Chinese."""
 
 from __future__ import annotations
@@ -7,8 +7,9 @@ import re
 
 import pytest
 
-from ocrmem.conversation import SLOTS
-from ocrmem.needles import KINDS, LANGS, corpus_sentences, insert_at, make_needle_examples
+from ocrmem.tasks.conversation import SLOTS
+from ocrmem.tasks.haystack import LANGS, corpus_sentences, insert_at
+from ocrmem.tasks.needles import KINDS, make_needle_examples
 
 DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 

@@ -3,11 +3,12 @@ import os
 
 import pytest
 
-from ocrmem import data as D
-from ocrmem import sources as SRC
-from ocrmem import tasks as T
-from ocrmem.render import line_height
-from ocrmem.settings import ConfigError, Settings
+from ocrmem.data import manifest as D
+from ocrmem.data import sources as SRC
+from ocrmem.tasks import lookup as T
+from ocrmem.memory.render import line_height
+from ocrmem.common.errors import ConfigError
+from ocrmem.settings import Settings
 
 
 def _settings(tmp_path, workers=1, n_train=6, n_eval=3, **data):
@@ -106,7 +107,7 @@ def test_synthetic_deterministic_disjoint_and_answerable(difficulty):
 
 
 def test_synthetic_easy_rows_at_fixed_lines():
-    from ocrmem.render import layout
+    from ocrmem.memory.render import layout
     from ocrmem.settings import RenderSettings
 
     rs = RenderSettings()  # CPU default: 512px, 24px font

@@ -39,8 +39,8 @@ DS_PROBE = ("test.c", "test.o", "stderr.txt")
 @pytest.fixture(scope="module")
 def data(tiny_models, tmp_path_factory):
     """Pages and features made once; every run trains on them in its own directory."""
-    from ocrmem.data import render_dataset
-    from ocrmem.features import encode
+    from ocrmem.data.manifest import render_dataset
+    from ocrmem.data.features import encode
     from ocrmem.settings import Settings
 
     root = tmp_path_factory.mktemp("dist")
@@ -104,7 +104,7 @@ def _max_diff(a: dict, b: dict) -> float:
 
 def _trained_and_frozen(s) -> tuple[int, set[str]]:
     """Bytes of the trained tensors; state-dict names of the frozen ones (tied aliases included)."""
-    from ocrmem.model import OcrMemModel
+    from ocrmem.memory import OcrMemModel
 
     model = OcrMemModel.build(s)
     trained = dict(model.trainable_parameters())
@@ -188,7 +188,7 @@ def _check_rank0_only(run: Path, s, out: dict) -> None:
 def one_process(data):
     """The 1-process adapter (plain or ZeRO-2) at the global batch of 4 that the 2-process runs reach with 2
     per rank; each made once, when first asked for."""
-    from ocrmem.trainer import train
+    from ocrmem.training.trainer import train
 
     made = {}
 

@@ -1,4 +1,4 @@
-"""ocrmem.evaluate and ocrmem.inference on a tiny pipeline: tiny random Llama, raw-pixel encoder, 128px pages."""
+"""ocrmem.evaluation.evaluate and ocrmem.serving.memory_llm on a tiny pipeline: tiny random Llama, raw-pixel encoder, 128px pages."""
 
 import csv
 import json
@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from ocrmem import evaluate as E
-from ocrmem import scoring as S
-from ocrmem.data import read_manifest, render_dataset
-from ocrmem.sources import Example
-from ocrmem.tasks import make_synthetic
+from ocrmem.evaluation import conditions, runner
+from ocrmem.evaluation import evaluate as E
+from ocrmem.evaluation import scoring as S
+from ocrmem.data.manifest import read_manifest, render_dataset
+from ocrmem.data.sources import Example
+from ocrmem.tasks.lookup import make_synthetic
 from ocrmem.settings import CONDITIONS, Settings
 
 LONG = " ".join(f"Fact {i}: the code word for item {i} is word{i}." for i in range(60))  # ~3000 chars: cut
@@ -33,7 +34,7 @@ def _settings(root: Path, llm: Path, **eval_kw) -> Settings:
 def eval_pipeline(tmp_path_factory, tiny_models):
     """(settings, model, rows): 5 eval examples rendered; one long history cut to the 2-page budget,
     one shorter than the budget."""
-    from ocrmem.model.ocrmem import OcrMemModel
+    from ocrmem.memory.model import OcrMemModel
 
     root = tmp_path_factory.mktemp("evalpipe")
     s = _settings(root, tiny_models["llm"])
@@ -57,9 +58,9 @@ def test_condition_inputs_are_built_as_specified(eval_pipeline):
     long_row = next(r for r in rows if r["id"] == "long-1")
     assert long_row["cut_chars"] > 0 and len(long_row["pages"]) == 2
     for row in rows:
-        hist = E.history_ids(tok, row["history"])
+        hist = conditions.history_ids(tok, row["history"])
         budget = len(row["pages"]) * mtpp
-        ins = {c: E.build_condition_input(c, row, tok, mtpp, full_text_max_tokens=400) for c in CONDITIONS}
+        ins = {c: conditions.build_condition_input(c, row, tok, mtpp, full_text_max_tokens=400) for c in CONDITIONS}
         # no_memory: no pages, no memory tokens, no history in the text
         nm = ins["no_memory"]
         assert nm.n_pages == 0 and nm.memory_tokens == 0 and nm.text_memory_ids == []
@@ -91,28 +92,28 @@ def test_condition_inputs_are_built_as_specified(eval_pipeline):
 
 def test_truncated_text_reads_a_history_shorter_than_its_budget_whole(eval_pipeline):
     """A budget between the history's length and twice it: a negative slice start would keep only the excess."""
-    from ocrmem.baselines import text_memory_ids
+    from ocrmem.training.baselines import text_memory_ids
 
     _, model, rows = eval_pipeline
     tok = model.tokenizer
     row = next(r for r in rows if r["id"] == "long-1")
-    hist = E.history_ids(tok, row["history"])
+    hist = conditions.history_ids(tok, row["history"])
     for budget in (len(hist) + 1, 2 * len(hist) - 1, len(hist) - 1):
         r = {**row, "memory_tokens": budget}
         want = hist[-min(budget, len(hist)):]
-        assert E.build_condition_input("truncated_text", r, tok, 1).text_memory_ids == want, budget
+        assert conditions.build_condition_input("truncated_text", r, tok, 1).text_memory_ids == want, budget
         assert text_memory_ids(tok, r, "truncated_text_trained") == want, budget
 
 
 def test_collate_labels_only_on_target(eval_pipeline):
     s, model, rows = eval_pipeline
-    items = [E.build_condition_input("ocr_memory", r, model.tokenizer, model.memory_tokens_per_page) for r in rows[:3]]
-    b = E.collate(items, model.tokenizer.pad_token_id, with_target=True)
+    items = [conditions.build_condition_input("ocr_memory", r, model.tokenizer, model.memory_tokens_per_page) for r in rows[:3]]
+    b = conditions.collate(items, model.tokenizer.pad_token_id, with_target=True)
     for i, it in enumerate(items):
         lab = b["labels"][i][b["labels"][i] != -100].tolist()
         assert lab == it.target_ids
     assert b["page_counts"].tolist() == [len(r["pages"]) for r in rows[:3]]
-    g = E.collate(items, model.tokenizer.pad_token_id, with_target=False)
+    g = conditions.collate(items, model.tokenizer.pad_token_id, with_target=False)
     assert "labels" not in g and g["attention_mask"].sum(1).tolist() == [len(it.prompt_ids) for it in items]
 
 
@@ -205,15 +206,15 @@ def test_evaluate_end_to_end(eval_pipeline, tmp_path):
 def test_answer_cut_marks_answers_only_the_whole_history_holds(eval_pipeline):
     tok = eval_pipeline[1].tokenizer
     hist = tok("alpha: cow; beta: dog; gamma: owl", add_special_tokens=False).input_ids
-    assert E.answer_cut(tok, hist, 2, "cow") and E.answer_cut(tok, hist, 2, "dog")
-    assert not E.answer_cut(tok, hist, 2, "owl")  # in the last two tokens
-    assert not E.answer_cut(tok, hist, 2, "zebra")  # nowhere in the history: no memory holds it either
-    assert not E.answer_cut(tok, hist, len(hist), "cow") and not E.answer_cut(tok, hist, 0, "zebra")
+    assert runner.answer_cut(tok, hist, 2, "cow") and runner.answer_cut(tok, hist, 2, "dog")
+    assert not runner.answer_cut(tok, hist, 2, "owl")  # in the last two tokens
+    assert not runner.answer_cut(tok, hist, 2, "zebra")  # nowhere in the history: no memory holds it either
+    assert not runner.answer_cut(tok, hist, len(hist), "cow") and not runner.answer_cut(tok, hist, 0, "zebra")
 
 
 def test_evaluate_subset_cache_and_probe(eval_pipeline, tmp_path):
     """Conditions subset, max_examples, the feature cache (same losses as pixels) and the reconstruction probe."""
-    from ocrmem.features import encode
+    from ocrmem.data.features import encode
 
     s, model, rows = eval_pipeline
     s2 = s.model_copy(update={"eval": s.eval.model_copy(update={
@@ -233,7 +234,7 @@ def test_evaluate_subset_cache_and_probe(eval_pipeline, tmp_path):
 
 
 def test_memory_llm_answers_a_long_history(eval_pipeline, tmp_path):
-    from ocrmem.inference import MemoryLLM
+    from ocrmem.serving.memory_llm import MemoryLLM
 
     s, model, rows = eval_pipeline
     adapter = model.save_adapter(tmp_path / "adapter")

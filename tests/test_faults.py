@@ -1,6 +1,6 @@
 """Faults planted deterministically: torn checkpoints are skipped (and can no longer be written),
 corrupted adapters are refused before the LLM loads (issue 12, items 1-2), and `render`, `encode` and
-`train` SIGKILLed at several points (OCRMEM_FAULT_AT, ocrmem/faults.py) rerun to the uninterrupted result."""
+`train` SIGKILLed at several points (OCRMEM_FAULT_AT, ocrmem/common/faults.py) rerun to the uninterrupted result."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from conftest import StopAt
 from safetensors.torch import load_file, save_file
 
 from ocrmem.cli import main
-from ocrmem.errors import UserError
-from ocrmem.model import OcrMemModel
-from ocrmem.trainer import OcrMemTrainer, train
+from ocrmem.common.errors import UserError
+from ocrmem.memory import OcrMemModel
+from ocrmem.training.trainer import OcrMemTrainer, train
 
 
 def _same_adapter(a_dir: Path, b_dir: Path) -> None:
@@ -84,7 +84,7 @@ def adapter(make_settings, tmp_path):
 
 
 def _no_llm(monkeypatch):
-    monkeypatch.setattr("ocrmem.model.ocrmem.load_llm", lambda *a, **k: pytest.fail("the LLM loaded first"))
+    monkeypatch.setattr("ocrmem.memory.model.load_llm", lambda *a, **k: pytest.fail("the LLM loaded first"))
 
 
 def _nan(path: Path) -> None:
@@ -132,8 +132,8 @@ def test_sound_adapter_records_its_shapes_and_loads(adapter):
 
 
 def test_render_workers_keep_the_feature_cache(pipeline, capsys):
-    from ocrmem.features import FeatureCache, build_cache, cache_fingerprint
-    from ocrmem.model import build_encoder
+    from ocrmem.data.features import FeatureCache, build_cache, cache_fingerprint
+    from ocrmem.memory import build_encoder
 
     s = pipeline()
     s.render.workers = 3  # the same pages, drawn by more processes
@@ -148,7 +148,7 @@ def test_render_workers_keep_the_feature_cache(pipeline, capsys):
 
 
 def _swap_first_pages(s) -> Path:
-    from ocrmem.data import read_manifest
+    from ocrmem.data.manifest import read_manifest
 
     rows = read_manifest(s, "train")
     a, b = (s.rendered_dir / rows[i]["pages"][0] for i in (0, 1))
@@ -158,8 +158,8 @@ def _swap_first_pages(s) -> Path:
 
 
 def test_encode_refuses_a_page_changed_after_render(make_settings):
-    from ocrmem.data import render_dataset
-    from ocrmem.features import build_cache
+    from ocrmem.data.manifest import render_dataset
+    from ocrmem.data.features import build_cache
 
     s = make_settings()
     render_dataset(s, progress=False)
@@ -169,22 +169,22 @@ def test_encode_refuses_a_page_changed_after_render(make_settings):
 
 
 def test_render_redraws_a_page_changed_after_render(make_settings):
-    from ocrmem.data import render_dataset
-    from ocrmem.io import sha256_file
+    from ocrmem.data.manifest import render_dataset
+    from ocrmem.common.io import sha256_file
 
     s = make_settings()
     render_dataset(s, progress=False)
     page = _swap_first_pages(s)
     r = render_dataset(s, progress=False)
     assert not r["splits"]["train"]["up_to_date"]
-    from ocrmem.data import read_manifest
+    from ocrmem.data.manifest import read_manifest
 
     row = read_manifest(s, "train")[0]
     assert sha256_file(page) == row["sha256"][0]
 
 
 def test_pixel_path_refuses_a_page_changed_after_render(pipeline):
-    from ocrmem.dataset import build_datasets
+    from ocrmem.data.dataset import build_datasets
 
     s = pipeline(train={"use_feature_cache": False})
     page = _swap_first_pages(s)
@@ -193,7 +193,7 @@ def test_pixel_path_refuses_a_page_changed_after_render(pipeline):
         train_ds[0]
 
 
-# -- kills planted with OCRMEM_FAULT_AT (ocrmem/faults.py): SIGKILL at a deterministic point, then a
+# -- kills planted with OCRMEM_FAULT_AT (ocrmem/common/faults.py): SIGKILL at a deterministic point, then a
 # rerun converges to the uninterrupted result ---------------------------------------------------------
 
 
@@ -210,14 +210,14 @@ def _killed(stage: str, params: Path, at: str) -> None:
 
 
 def _rendered(s) -> tuple[list, dict]:
-    from ocrmem.data import read_manifest
+    from ocrmem.data.manifest import read_manifest
 
     rows = {split: read_manifest(s, split) for split in ("train", "eval")}
     return rows, {p.relative_to(s.rendered_dir).as_posix(): p.read_bytes() for p in s.rendered_dir.rglob("*.png")}
 
 
 def _features(s) -> dict:
-    from ocrmem.features import FeatureCache
+    from ocrmem.data.features import FeatureCache
 
     cache = FeatureCache(s.features_dir)
     return {sha: cache.get([sha])[0] for sha in sorted(cache.index["pages"])}

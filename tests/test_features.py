@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
-from ocrmem.data import read_manifest
-from ocrmem.dataset import MemoryCollator, PixelPages
-from ocrmem.dataset import build_datasets
-from ocrmem.features import INDEX, CacheMismatchError, FeatureCache, build_cache, cache_fingerprint, encode
-from ocrmem.model import OcrMemModel, build_encoder
+from ocrmem.data.manifest import read_manifest
+from ocrmem.data.dataset import MemoryCollator, PixelPages
+from ocrmem.data.dataset import build_datasets
+from ocrmem.data.features import INDEX, CacheMismatchError, FeatureCache, build_cache, cache_fingerprint, encode
+from ocrmem.memory import OcrMemModel, build_encoder
 
 
 @pytest.mark.parametrize("encoder", ["pixels", "deepseek_ocr2"])

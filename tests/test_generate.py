@@ -5,12 +5,12 @@ import json
 import pytest
 
 from ocrmem.cli import main
-from ocrmem.inference import MemoryLLM
+from ocrmem.serving.memory_llm import MemoryLLM
 
 
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory, tiny_models):
-    from ocrmem.model.ocrmem import OcrMemModel
+    from ocrmem.memory.model import OcrMemModel
     from ocrmem.settings import Settings
 
     s = Settings.model_validate({

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from ocrmem.dataset import MemoryCollator, build_datasets
-from ocrmem.gradcheck import check_gradient_flow
-from ocrmem.model import OcrMemModel
+from ocrmem.data.dataset import MemoryCollator, build_datasets
+from ocrmem.training.gradcheck import check_gradient_flow
+from ocrmem.memory import OcrMemModel
 
 pytestmark = pytest.mark.gpu
 
@@ -27,7 +27,7 @@ def test_bf16_gradient_flow_and_cache_on_gpu(pipeline):
 
 
 def test_train_steps_on_gpu(pipeline, tmp_path):
-    from ocrmem.trainer import train
+    from ocrmem.training.trainer import train
 
     s = pipeline(train={"max_steps": 3, "bf16": True}, model={"dtype": "bfloat16"})
     model = OcrMemModel.build(s)

@@ -8,9 +8,9 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader
 
-from ocrmem.dataset import MemoryCollator, build_datasets
-from ocrmem.gradcheck import check_gradient_flow
-from ocrmem.model import OcrMemModel
+from ocrmem.data.dataset import MemoryCollator, build_datasets
+from ocrmem.training.gradcheck import check_gradient_flow
+from ocrmem.memory import OcrMemModel
 
 
 @pytest.fixture

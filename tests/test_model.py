@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from ocrmem.model import OcrMemModel, build_encoder, build_projector, tokens_per_page
-from ocrmem.model.encoder import PixelEncoder
+from ocrmem.memory import OcrMemModel, build_encoder, build_projector, tokens_per_page
+from ocrmem.memory.encoder import PixelEncoder
 
 
 def _page(seed: int, size: int) -> Image.Image:
@@ -197,7 +197,7 @@ def test_hf_vision_encoder_from_a_local_siglip(make_settings, tmp_path):
 
 def test_memory_goes_into_its_slot(model):
     """Memory is inserted at memory_pos (inside the user turn), text before and after it intact."""
-    from ocrmem.dataset import memory_prompt
+    from ocrmem.memory.prompt import memory_prompt
 
     tok = model.tokenizer
     ids, pos = memory_prompt(tok, "What is alpha?")
@@ -217,8 +217,8 @@ def test_memory_goes_into_its_slot(model):
 
 
 def test_pixel_lines_encoder_one_token_per_rendered_line():
-    from ocrmem.model.encoder import PixelLineEncoder
-    from ocrmem.render import lines_per_page, render_pages
+    from ocrmem.memory.encoder import PixelLineEncoder
+    from ocrmem.memory.render import lines_per_page, render_pages
     from ocrmem.settings import RenderSettings
 
     rs = RenderSettings()  # the CPU default: 512px, 24px font, 30px lines
@@ -234,7 +234,8 @@ def test_pixel_lines_encoder_one_token_per_rendered_line():
 
 
 def test_pixel_lines_refuses_token_pool():
-    from ocrmem.settings import ConfigError, load_settings  # noqa: F401
+    from ocrmem.common.errors import ConfigError  # noqa: F401
+    from ocrmem.settings import load_settings  # noqa: F401
     from pydantic import ValidationError
 
     from ocrmem.settings import ModelSettings

@@ -16,10 +16,11 @@ import pytest
 import yaml
 
 from ocrmem.settings import Settings
+from ocrmem.stages import PIPELINE
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests/data/params.tiny.yaml"
-STAGES = ["validate", "standins", "render", "encode", "gradcheck", "train", "baselines", "evaluate"]
+STAGES = list(PIPELINE)
 
 
 def dvc_stages() -> dict:
@@ -120,20 +121,20 @@ def test_a_param_reruns_only_the_stages_that_read_it():
         assert not [k for k in ps if "." in k and _covers([p for p in ps if p != k], k)], name
 
 
-STAGE_MODULES = {"validate": "ocrmem.settings", "standins": "ocrmem.standins", "render": "ocrmem.data",
-                 "encode": "ocrmem.features", "gradcheck": "ocrmem.gradcheck", "train": "ocrmem.trainer",
-                 "baselines": "ocrmem.baselines", "evaluate": "ocrmem.evaluate"}
+STAGE_MODULES = {"validate": "ocrmem.stages.validate", "standins": "ocrmem.memory.standins", "render": "ocrmem.data.manifest",
+                 "encode": "ocrmem.data.features", "gradcheck": "ocrmem.training.gradcheck", "train": "ocrmem.training.trainer",
+                 "baselines": "ocrmem.training.baselines", "evaluate": "ocrmem.evaluation.evaluate"}
 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_stage_deps_cover_the_modules_its_code_imports(stage):
     """A change to any ocrmem module a stage's code can run must rerun the stage: its deps list every
-    module in the import closure of the stage function's module (imports inside functions and
-    registry entries "module:Class" included; package __init__ files only resolve names)."""
+    module in the import closure of the stage's module, ocrmem/stages/<stage>.py (imports inside
+    functions and registry entries "module:Class" included; package __init__ files only resolve names)."""
     from module_graph import closure, module_file
 
     deps = names(dvc_stages()[stage].get("deps"))
-    mods = closure(STAGE_MODULES[stage])
+    mods = closure(f"ocrmem.stages.{stage}")
     assert STAGE_MODULES[stage] in mods
     missing = sorted(f for f in map(module_file, mods)
                      if f and not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps))
@@ -144,13 +145,13 @@ def bench_stages() -> dict:
     return yaml.safe_load((ROOT / "benchmark/dvc.yaml").read_text())["stages"]
 
 
-@pytest.mark.parametrize("stage, module", [("benchmark", "ocrmem.benchmark"), ("benchmark_report", "ocrmem.benchmark_report")])
+@pytest.mark.parametrize("stage, module", [("benchmark", "ocrmem.evaluation.benchmark"), ("benchmark_report", "ocrmem.evaluation.benchmark_report")])
 def test_benchmark_pipeline_deps_cover_its_imports(stage, module):
     """benchmark/dvc.yaml: a point reruns when any module its code can run changes; the report when its own do."""
     from module_graph import closure, module_file
 
     deps = names(bench_stages()[stage].get("deps"))
-    missing = sorted(f for f in map(module_file, closure(module) | {"ocrmem.benchmark"})
+    missing = sorted(f for f in map(module_file, closure(module) | {"ocrmem.evaluation.benchmark"})
                      if f and not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps))
     assert not missing, f"benchmark/dvc.yaml stage {stage!r} imports {missing} but does not list them in deps"
 
@@ -185,9 +186,9 @@ def test_module_graph_sees_lazy_and_registry_imports():
     """The closure is not vacuous: it follows imports inside functions and registry entries."""
     from module_graph import closure
 
-    assert "ocrmem.model.hub" in closure("ocrmem.data")  # imported inside data.render()
-    assert "ocrmem.model.encoder" in closure("ocrmem.model.registry")  # "ocrmem.model.encoder:PixelEncoder"
-    assert "ocrmem.trainer" not in closure("ocrmem.evaluate")
+    assert "ocrmem.memory.hub" in closure("ocrmem.data.manifest")  # imported inside data.render()
+    assert "ocrmem.memory.encoder" in closure("ocrmem.memory.registry")  # "ocrmem.memory.encoder:PixelEncoder"
+    assert "ocrmem.training.trainer" not in closure("ocrmem.evaluation.evaluate")
 
 
 def test_each_stage_is_one_function_named_after_it(tiny_repo, monkeypatch):
@@ -202,7 +203,7 @@ def test_each_stage_is_one_function_named_after_it(tiny_repo, monkeypatch):
             continue
         monkeypatch.setattr(importlib.import_module(module), stage,
                             lambda *a, _s=stage, **k: calls.append(_s) or {"ok": True})
-    monkeypatch.setattr("ocrmem.trainer.deepspeed_command", lambda *a, **k: None)
+    monkeypatch.setattr("ocrmem.training.trainer.deepspeed_command", lambda *a, **k: None)
     for stage in STAGES:
         argv = {"standins": ["standins", "--out", "models"], "validate": ["validate", "--static", "--params", "params.yaml"]
                 }.get(stage, [stage, "--params", "params.yaml"])
@@ -275,7 +276,7 @@ def test_gpu_deployment_object(tmp_path):
 def tiny_repo(tmp_path, monkeypatch):
     shutil.copy(TINY, tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("ocrmem.cli.check_model_paths", lambda s: None)
+    monkeypatch.setattr("ocrmem.memory.hub.check_model_paths", lambda s: None)
     return tmp_path
 
 
@@ -290,7 +291,7 @@ def test_tasks_run_their_dvc_stage_and_return_its_figures(tiny_repo, monkeypatch
         Path(f"metrics/{name}.json").write_text(json.dumps(body))
     Path("data/rendered").mkdir(parents=True)
     Path("data/rendered/stats.json").write_text(json.dumps({"total": {"pages": 3}}))
-    got = {name: getattr(fp, name).fn() for name in STAGES}
+    got = {name: fp.TASKS[name].fn() for name in STAGES}
     assert ran == STAGES and list(fp.TASKS) == STAGES
     assert got == {"validate": {"valid": True}, "standins": None, "render": {"pages": 3}, "encode": None,
                    "gradcheck": {"ok": True}, "train": {"steps": 2}, "baselines": {"conditions": []},
@@ -322,7 +323,7 @@ def test_train_uses_deepspeed_launcher_with_gpus(tiny_repo, monkeypatch):
     local GPU when train.deepspeed is set; without GPUs, or inside a launched process, it trains in-process."""
     from ocrmem.cli import main
     from ocrmem.settings import load_settings
-    from ocrmem.trainer import deepspeed_command
+    from ocrmem.training.trainer import deepspeed_command
 
     text = Path("params.yaml").read_text().replace("deepspeed: null", f"deepspeed: {ROOT / 'configs/ds_zero2.json'}")
     Path("params.yaml").write_text(text)
@@ -337,7 +338,7 @@ def test_train_uses_deepspeed_launcher_with_gpus(tiny_repo, monkeypatch):
                    "--no-resume"]
     ran = []
     monkeypatch.setattr("subprocess.call", lambda c: ran.append(c) or 0)
-    monkeypatch.setattr("ocrmem.trainer.train", lambda *a, **k: pytest.fail("in-process train with GPUs + deepspeed"))
+    monkeypatch.setattr("ocrmem.training.trainer.train", lambda *a, **k: pytest.fail("in-process train with GPUs + deepspeed"))
     assert main(["train", "--params", "params.yaml", "--no-resume"]) == 0
     assert ran == [cmd]
     monkeypatch.setenv("LOCAL_RANK", "0")  # a process the launcher started trains itself
@@ -348,11 +349,11 @@ def test_retries_only_on_io_tasks_and_no_second_cache():
     import flows.pipeline as fp
     from prefect.cache_policies import NO_CACHE
 
-    retries = {name: getattr(fp, name).retries for name in STAGES}
+    retries = {name: fp.TASKS[name].retries for name in STAGES}
     assert retries == {"validate": 0, "standins": 0, "render": 2, "encode": 2, "gradcheck": 0, "train": 0, "baselines": 0,
                        "evaluate": 0}
     for name in STAGES:  # DVC decides what reruns: no Prefect cache in front of it
-        t = getattr(fp, name)
+        t = fp.TASKS[name]
         assert t.cache_policy is NO_CACHE and t.cache_key_fn is None
 
 

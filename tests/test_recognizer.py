@@ -6,11 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ocrmem.render import layout, render_pages
-from ocrmem.scoring import char_precision
+from ocrmem.memory.render import layout, render_pages
+from ocrmem.evaluation.scoring import char_precision
 import yaml
 
-from ocrmem.settings import ConfigError, ModelSettings, RenderSettings, check_model_paths, load_settings
+from ocrmem.common.errors import ConfigError
+from ocrmem.memory.hub import check_model_paths
+from ocrmem.settings import ModelSettings, RenderSettings, load_settings
 
 REC = {"encoder": "ppocr_rec", "ocr_model_name": "rapidocr:PP-OCRv6_rec_small", "token_pool": 16}
 LATIN = ["kilo: owl; alpha: red; bravo: pig; lima: gray;", "The quick brown fox jumps over 13 lazy dogs."]
@@ -19,7 +21,7 @@ CJK = ["北京的天气很好，我们明天去公园。", "记忆：苹果的�
 
 @pytest.fixture(scope="module")
 def encoder():
-    from ocrmem.model.recognizer import LineRecognizerEncoder
+    from ocrmem.memory.recognizer import LineRecognizerEncoder
 
     return LineRecognizerEncoder.from_settings(ModelSettings(**REC), RenderSettings())
 
@@ -46,10 +48,10 @@ def test_features_do_not_depend_on_the_batch(encoder):
 
 
 def test_cached_features_equal_on_the_fly(pipeline):
-    from ocrmem.data import read_manifest
-    from ocrmem.dataset import PixelPages
-    from ocrmem.features import FeatureCache, cache_fingerprint
-    from ocrmem.model import build_encoder
+    from ocrmem.data.manifest import read_manifest
+    from ocrmem.data.dataset import PixelPages
+    from ocrmem.data.features import FeatureCache, cache_fingerprint
+    from ocrmem.memory import build_encoder
 
     s = pipeline(model=REC, render={"page_size": 256, "font_size": 16, "margin": 8},
                  data={"synthetic": {"difficulty": "lookup", "n_train": 4, "n_eval": 2}})
@@ -64,7 +66,7 @@ def test_cached_features_equal_on_the_fly(pipeline):
 
 def test_blank_lines_cost_no_memory(make_settings):
     """A page's undrawn lines are dropped: changing their features changes nothing."""
-    from ocrmem.model.ocrmem import OcrMemModel
+    from ocrmem.memory.model import OcrMemModel
 
     s = make_settings(model={**REC, "soft_prompt_tokens": 2})
     model = OcrMemModel.build(s).eval()
@@ -86,7 +88,7 @@ def test_blank_lines_cost_no_memory(make_settings):
 def test_alignment_reads_the_features_back(encoder, tiny_models):
     from transformers import AutoTokenizer
 
-    from ocrmem.align import alignment_targets, ctc_frames
+    from ocrmem.training.align import alignment_targets, ctc_frames
 
     text = LATIN[0]
     res = render_pages(text, RenderSettings())
@@ -107,7 +109,7 @@ def test_alignment_reads_lines_back_in_chunks_with_the_same_targets(encoder, tin
     """The CTC head reads drawn lines back CHUNK at a time (all at once: 22 GB of logits at 1,024 sheets)."""
     from transformers import AutoTokenizer
 
-    from ocrmem import align
+    from ocrmem.training import align
 
     res = render_pages(" ".join(LATIN), RenderSettings())
     assert sum(res.page_lines) >= 3

@@ -3,7 +3,7 @@ import hashlib
 import pytest
 from PIL import Image, ImageChops
 
-from ocrmem import render as R
+from ocrmem.memory import render as R
 from ocrmem.settings import RenderSettings
 
 CJK_TEXT = "记忆是通过图像压缩的长文本。\n日本語のテキストも描けます。\n한국어 문장도 잘 보입니다."

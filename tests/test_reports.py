@@ -7,9 +7,9 @@ import pytest
 from conftest import StopAt
 
 from ocrmem.cli import main
-from ocrmem.model import OcrMemModel
-from ocrmem.sources import read_text_corpus
-from ocrmem.trainer import train
+from ocrmem.memory import OcrMemModel
+from ocrmem.data.sources import read_text_corpus
+from ocrmem.training.trainer import train
 
 
 def test_text_source_reports_its_tail(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""A growing memory (ocrmem.session): a session that grows page by page answers exactly as a
+"""A growing memory (ocrmem.serving.caches): a session that grows page by page answers exactly as a
 from-scratch call does, draws and encodes only what changed, and never serves a stale page.
 Tiny random Llama, 128px pages of 11 lines, 3 pages at most; the one-token-per-line pixel encoder,
 and for the answers-identical and stale-page tests also the real PP-OCRv6 recognizer (the default),
@@ -7,9 +7,9 @@ whose from-scratch reference is another model instance with its own, empty line 
 import pytest
 import torch
 
-from ocrmem.inference import MemoryLLM
-from ocrmem.render import lines_per_page
-from ocrmem.session import all_lines, page_layout
+from ocrmem.serving.memory_llm import MemoryLLM
+from ocrmem.memory.render import lines_per_page
+from ocrmem.serving.caches import all_lines, page_layout
 from ocrmem.settings import Settings
 
 
@@ -29,7 +29,7 @@ def _settings(llm_dir, encoder: str = "pixel_lines", **render) -> Settings:
 def models(tiny_models):
     """(encoder, copy) -> a model built once; copy 1 is a second instance: a from-scratch reference
     that shares no cache (page or recognizer line cache) with copy 0."""
-    from ocrmem.model.ocrmem import OcrMemModel
+    from ocrmem.memory.model import OcrMemModel
 
     built = {}
 
@@ -177,7 +177,7 @@ def test_incremental_line_layout_equals_a_fresh_one_however_the_text_is_cut(mode
     """Appends cut anywhere: inside a word, between \\r and \\n, after blank lines, in CJK text."""
     import random
 
-    from ocrmem.session import LineLayout
+    from ocrmem.serving.caches import LineLayout
 
     rs = model.settings.render
     text = ("first line\r\nsecond  line with   spaces\n\n\n" + _facts(0, 6) + "\r\r\n\t indented\n" +

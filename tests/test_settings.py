@@ -8,7 +8,9 @@ import yaml
 from conftest import repo_params
 
 from ocrmem.cli import main
-from ocrmem.settings import ConfigError, check_model_paths, load_settings
+from ocrmem.common.errors import ConfigError
+from ocrmem.memory.hub import check_model_paths
+from ocrmem.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -133,7 +135,7 @@ def test_missing_params_file(capsys):
 
 def test_gpu_params_page_costs_deepseeks_256_queries(monkeypatch):
     """The GPU config's 1024px page costs DeepSeek-OCR-2's 256 tokens, computed without loading weights."""
-    from ocrmem.model import tokens_per_page
+    from ocrmem.memory import tokens_per_page
 
     monkeypatch.chdir(REPO)
     s = load_settings(REPO / "configs/params.gpu.yaml")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ocrmem.tasks import held_out_pair, make_synthetic
+from ocrmem.tasks.lookup import held_out_pair, make_synthetic
 
 
 @pytest.mark.parametrize("level", ["lookup", "lookup_zh"])

@@ -15,9 +15,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from ocrmem.gradcheck import GradientFlowError
-from ocrmem.model import OcrMemModel
-from ocrmem.trainer import NonFiniteLossError, OcrMemTrainer, train
+from ocrmem.training.gradcheck import GradientFlowError
+from ocrmem.memory import OcrMemModel
+from ocrmem.training.trainer import NonFiniteLossError, OcrMemTrainer, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -130,7 +130,7 @@ def test_objective_mix_is_reported_per_objective(pipeline):
 def test_old_tokenizer_kwarg_is_handled(pipeline):
     s = pipeline()
     model = OcrMemModel.build(s)
-    from ocrmem.trainer import training_arguments
+    from ocrmem.training.trainer import training_arguments
 
     with pytest.warns(FutureWarning, match="processing_class"):
         t = OcrMemTrainer(model=model, args=training_arguments(s, "none"), tokenizer=model.tokenizer, gradcheck=False)

@@ -57,8 +57,8 @@ def test_empty_dataset_refused_at_render_naming_the_file(tmp_path, tiny_models, 
 
 
 def test_render_split_refuses_no_examples(make_settings):
-    from ocrmem.data import render_split
-    from ocrmem.errors import UserError
+    from ocrmem.data.manifest import render_split
+    from ocrmem.common.errors import UserError
 
     with pytest.raises(UserError, match="'train' split has no examples"):
         render_split(make_settings(), "train", examples=[], progress=False)
@@ -75,8 +75,8 @@ def test_non_utf8_jsonl_names_file_and_line(tmp_path, tiny_models, capsys):
 
 
 def test_non_utf8_text_source_names_file_and_line(tmp_path):
-    from ocrmem.errors import UserError
-    from ocrmem.sources import read_text_corpus
+    from ocrmem.common.errors import UserError
+    from ocrmem.data.sources import read_text_corpus
 
     f = tmp_path / "book.txt"
     f.write_bytes(b"line one\nline two\nline " + LATIN1 + b"\n")
@@ -85,9 +85,9 @@ def test_non_utf8_text_source_names_file_and_line(tmp_path):
 
 
 def test_non_utf8_history_file_names_file_and_line(tmp_path, capsys, monkeypatch):
-    import ocrmem.inference
+    import ocrmem.serving.memory_llm
 
-    monkeypatch.setattr(ocrmem.inference.MemoryLLM, "from_pretrained",
+    monkeypatch.setattr(ocrmem.serving.memory_llm.MemoryLLM, "from_pretrained",
                         lambda *a, **k: pytest.fail("the adapter was loaded before the history was read"))
     h = tmp_path / "chat.txt"
     h.write_bytes(b"ok\n" + LATIN1)
@@ -170,6 +170,6 @@ def test_missing_adapter_exits_2(tmp_path, tiny_models, capsys):
 
 def test_bugs_keep_their_traceback(tmp_path, tiny_models, monkeypatch):
     """Only user errors are caught: a bug still raises (pytest shows its traceback)."""
-    monkeypatch.setattr("ocrmem.data.render", lambda s: 1 / 0)
+    monkeypatch.setattr("ocrmem.data.manifest.render", lambda s: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         main(["render", "--params", str(_params(tmp_path, tiny_models))])
