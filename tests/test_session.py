@@ -76,11 +76,31 @@ def test_pages_are_line_chunks_and_appending_never_moves_a_full_page(model):
     assert len(before.pages) >= 2 and before.cut_chars == 0
     assert all(len(p) == per for p in before.pages[:-1])
     assert after.pages[: len(before.pages) - 1] == before.pages[:-1]  # full pages stay as they were
-    long = page_layout(_facts(0, 200), rs)  # needs more than max_pages: the most recent pages are kept
-    n_lines = len(all_lines(_facts(0, 200), rs))
-    assert len(long.pages) == rs.max_pages and long.cut_chars > 0
-    assert long.n_lines == n_lines - (-(-n_lines // per) - rs.max_pages) * per  # whole chunks dropped
-    assert _facts(0, 200)[long.cut_chars:].rstrip().endswith("word199.")
+    for n in range(200, 206):  # past the budget: a full budget of the most recent lines, never a short chunk
+        long = page_layout(_facts(0, n), rs)
+        assert len(all_lines(_facts(0, n), rs)) > rs.max_pages * per and long.cut_chars > 0
+        assert [len(p) for p in long.pages] == [per] * rs.max_pages and long.n_lines == rs.max_pages * per
+        assert _facts(0, n)[long.cut_chars:].rstrip().endswith(f"word{n - 1}.")
+
+
+@pytest.mark.parametrize("extra", ["", "\n\n\n", "x" * 300, "\n" + "short line\n" * 7])
+def test_training_and_serving_lay_out_a_long_history_the_same_way(model, tmp_path, extra):
+    """The render stage's pages of a history past the page budget (what the adapter trains on) are the
+    pages MemoryLLM puts in its memory for the same history: same pixels, same cut."""
+    from ocrmem.data.manifest import read_manifest, render_dataset
+    from ocrmem.data.sources import Example
+    from ocrmem.common.io import load_png
+
+    history = _facts(0, 160) + extra + _facts(160, 171)
+    s = model.settings.model_copy(update={"data": model.settings.data.model_copy(update={"out_dir": str(tmp_path)})})
+    render_dataset(s, ["eval"], examples={"eval": [Example(id="long", history=history, prompt="q", target="a")]},
+                   progress=False)
+    row = read_manifest(s, "eval")[0]
+    served = _fresh(model).render(history)
+    assert row["cut_chars"] == served.cut_chars > 0 and row["page_lines"] == served.page_lines
+    assert len(row["pages"]) == len(served.pages) == s.render.max_pages
+    for rel, sha, img in zip(row["pages"], row["sha256"], served.pages):
+        assert list(load_png(s.rendered_dir / rel, sha).getdata()) == list(img.getdata())
 
 
 @pytest.mark.parametrize("encoder", list(ENCODERS))

@@ -296,13 +296,28 @@ def layout(text: str, rs: RenderSettings, font: ImageFont.FreeTypeFont | None = 
             break
         kept.append(wrapped)
         n += len(wrapped)
-    lines = [ln for group in reversed(kept) for ln in group]
-    if cut != 0:
-        # truncated: do not spend the budget on blank lines at the top
-        while lines and text[lines[0][0] : lines[0][1]].strip() == "":
-            lines.pop(0)
-        cut = lines[0][0] if lines else len(text)
-    return lines, cut
+    return keep_recent([ln for group in reversed(kept) for ln in group], text, rs, truncated=cut != 0)
+
+
+def keep_recent(lines: list[tuple[int, int]], text: str, rs: RenderSettings,
+                truncated: bool | None = None) -> tuple[list[tuple[int, int]], int]:
+    """The page budget, one rule for training and serving: of a text's visual lines (front to back), the
+    last rs.max_pages x lines_per_page, never fewer; cut short (`truncated`, by default: more lines than
+    that), the blank lines at its top are dropped, as they would spend the budget on nothing.
+    Returns (kept lines, leading characters dropped)."""
+    capacity = rs.max_pages * lines_per_page(rs)
+    if not (len(lines) > capacity if truncated is None else truncated):
+        return lines, 0
+    kept = lines[-capacity:]
+    while kept and text[kept[0][0]:kept[0][1]].strip() == "":
+        kept = kept[1:]
+    return kept, kept[0][0] if kept else len(text)
+
+
+def page_chunks(lines: list, rs: RenderSettings) -> list[list]:
+    """Kept lines as pages: chunks of lines_per_page from the first kept line (always one page, maybe empty)."""
+    per = lines_per_page(rs)
+    return [lines[p:p + per] for p in range(0, max(1, len(lines)), per)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,8 +386,7 @@ def render_pages(text: str, rs: RenderSettings) -> RenderResult:
     """Lay `text` out on at most rs.max_pages pages (mode "L", page_size square), keeping its end."""
     font = load_font(rs.font_path, rs.font_size)
     lines, cut = layout(text, rs, font)
-    per_page = lines_per_page(rs)
-    chunks = [lines[p * per_page : (p + 1) * per_page] for p in range(max(1, -(-len(lines) // per_page)))]
+    chunks = page_chunks(lines, rs)
     pages = [draw_page([_clean(text[a:b]) for a, b in chunk], rs, font) for chunk in chunks]
     page_lines = [len(chunk) for chunk in chunks]
     kept = text[cut:]

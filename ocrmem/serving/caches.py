@@ -6,11 +6,12 @@
     chat.answer("What did we decide?").text
     chat.append("more text")                       # only the last, partly filled page is redrawn
 
-Pages are chunks of `lines_per_page` visual lines of the whole history laid out front to back
-(`page_layout`), so text appended later never changes an earlier full page; when the history
-needs more than render.max_pages pages, the most recent max_pages chunks are kept (the first of
-them starts at a page boundary, so it too is a page seen before). `MemoryLLM.answer` uses the
-same layout, so a session answers exactly as a from-scratch call on the same history does.
+Pages are chunks of `lines_per_page` visual lines of the history laid out front to back
+(`page_layout`), so text appended later never changes an earlier full page while the history fits
+render.max_pages pages. Past that budget the memory holds the most recent budget of lines, exactly
+as the render stage lays out training pages (one rule: memory.render.keep_recent), so pages shift
+with each new line and are drawn anew. `MemoryLLM.answer` uses the same layout, so a session
+answers exactly as a from-scratch call on the same history does.
 
 Two caches, both keyed by content, so neither can serve something stale:
 * `PageCache` (on the MemoryLLM, shared by its sessions): sha256 of the page's lines, the render
@@ -31,7 +32,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ocrmem.memory.render import clean_line, draw_page, hard_lines, lines_per_page, load_font, wrap_hard_line
+from ocrmem.memory.render import (clean_line, draw_page, hard_lines, keep_recent, load_font,
+                                  page_chunks, wrap_hard_line)
 
 
 @dataclass
@@ -76,15 +78,11 @@ def all_lines(text: str, rs) -> list[tuple[int, int]]:
 
 
 def page_layout(text: str, rs, lines: list[tuple[int, int]] | None = None) -> PagedText:
-    """The history as pages of whole line-chunks; the most recent rs.max_pages chunks are kept.
+    """The history as the render stage lays it out for training (memory.render.keep_recent, page_chunks):
+    a full budget of its most recent visual lines, in pages of lines_per_page.
     `lines`: its visual lines when already known (a session's LineLayout)."""
-    lines = all_lines(text, rs) if lines is None else lines
-    per = lines_per_page(rs)
-    n_pages = max(1, -(-len(lines) // per))
-    first = max(0, n_pages - rs.max_pages)
-    kept = lines[first * per:]
-    pages = [[clean_line(text[a:b]) for a, b in kept[i:i + per]] for i in range(0, len(kept), per)] or [[]]
-    cut = kept[0][0] if first and kept else 0
+    kept, cut = keep_recent(all_lines(text, rs) if lines is None else lines, text, rs)
+    pages = [[clean_line(text[a:b]) for a, b in chunk] for chunk in page_chunks(kept, rs)]
     return PagedText(pages=pages, cut_chars=cut, n_lines=len(kept))
 
 
