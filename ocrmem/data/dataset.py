@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ocrmem.data.manifest import memory_text
 from ocrmem.memory.render import load_png
 from ocrmem.memory.prompt import PROMPTS, chat_prompt, clip_prompt, memory_prompt, pad_text, target_ids
 from ocrmem.settings import OBJECTIVES, Settings
@@ -39,8 +40,7 @@ def target_text(row: dict, objective: str) -> tuple[str, str]:
     if objective == "qa":
         return row["prompt"], row["target"]
     if objective == "reconstruct":
-        kept = row["history"][len(row["history"]) - row.get("kept_chars", len(row["history"])):]
-        return PROMPTS["reconstruct"], kept
+        return PROMPTS["reconstruct"], memory_text(row)
     return PROMPTS["continue"], row["continuation"]
 
 

@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, TypedDict
 
 from ocrmem.memory import render as R
 from ocrmem.common.errors import UserError, UserFileNotFoundError
@@ -37,10 +37,34 @@ from ocrmem.data.sources import SPLITS, Example, read_jsonl, read_text_corpus, u
 from ocrmem.common.stats import split_stats, total_stats
 from ocrmem.tasks.lookup import make_synthetic
 
-MANIFEST_FIELDS = (
-    "id", "history", "prompt", "target", "continuation", "meta", "pages", "sha256", "history_chars", "kept_chars",
-    "cut_chars", "missing_glyphs", "text_tokens", "kept_text_tokens", "vision_tokens", "compression", "page_lines",
-)  # fmt: skip
+class ManifestRow(TypedDict):
+    """One example of a rendered split: a line of manifest.jsonl."""
+
+    id: str
+    history: str
+    prompt: str
+    target: str
+    continuation: str | None
+    meta: dict
+    pages: list[str]  # page PNGs relative to rendered_dir
+    sha256: list[str]  # of each page PNG
+    history_chars: int
+    kept_chars: int  # characters of the history on the pages
+    cut_chars: int  # leading characters the page budget dropped
+    missing_glyphs: dict[str, int]
+    text_tokens: int | None  # of the whole history, by the LLM's tokenizer
+    kept_text_tokens: int | None  # of the text on the pages
+    vision_tokens: int | None  # memory tokens the pages cost
+    compression: float | None  # kept_text_tokens / vision_tokens
+    page_lines: list[int]  # lines drawn on each page
+
+
+MANIFEST_FIELDS = tuple(ManifestRow.__annotations__)
+
+
+def memory_text(row) -> str:
+    """The text on an example's pages: the history less what the page budget cut from its start."""
+    return row["history"][row.get("cut_chars", 0):]
 
 
 def render(settings: Settings, progress: bool = True) -> dict:
@@ -226,7 +250,7 @@ def _token_counts(tokenizer, examples: list[Example], done: dict) -> tuple[list,
 
 
 def _manifest_row(ex: Example, r: dict, split: str, tt: int | None, kt: int | None, tokens_per_page,
-                  tokens_per_line: int | None = None) -> dict:
+                  tokens_per_line: int | None = None) -> ManifestRow:
     # line encoders: a page costs only the lines drawn on it
     vis = sum(r["page_lines"]) * tokens_per_line if tokens_per_line else (
         len(r["files"]) * tokens_per_page if tokens_per_page else None)
@@ -341,7 +365,7 @@ def render_report(results: dict, total: dict, root: Path, dt: float) -> str:
     return "\n".join(lines)
 
 
-def read_manifest(settings: Settings, split: str) -> list[dict]:
+def read_manifest(settings: Settings, split: str) -> list[ManifestRow]:
     """The manifest rows of a completely rendered split (page paths relative to rendered_dir)."""
     out = settings.rendered_dir / split
     manifest = out / "manifest.jsonl"

@@ -54,7 +54,7 @@ def build_condition_input(condition: str, row: dict, tokenizer, memory_tokens_pe
     if hist_ids is None:
         hist_ids = history_ids(tokenizer, row["history"])
     n_pages = len(row["pages"])
-    budget = row.get("memory_tokens", n_pages * memory_tokens_per_page)  # what this example's OCR memory costs
+    budget = memory_budget(row, memory_tokens_per_page)
     prompt = clip_prompt(tokenizer, prompt, max_prompt_tokens)
     if condition == "no_memory":
         return CondInput(condition, chat_prompt(tokenizer, prompt), tgt, memory_pos=-1)
@@ -106,7 +106,18 @@ def load_soft_prompt(settings: Settings, condition: str) -> torch.Tensor:
     return load_file(str(path))["soft_prompt.vectors"]
 
 
+def memory_budget(row, memory_tokens_per_page: int, page_memory_tokens=None) -> int:
+    """What an example's OCR memory costs in LLM positions, the budget every text condition is cut to; the
+    one formula. A line encoder pays for the lines drawn on each page (`page_memory_tokens(page_lines)`),
+    a page encoder a fixed count per page; without `page_memory_tokens`, a row with_budgets priced keeps its price."""
+    if page_memory_tokens is None and "memory_tokens" in row:
+        return row["memory_tokens"]
+    if page_memory_tokens is not None and row.get("page_lines"):
+        return sum(page_memory_tokens(row["page_lines"]))
+    return len(row["pages"]) * memory_tokens_per_page
+
+
 def with_budgets(model, rows: list[dict]) -> list[dict]:
     """Rows with `memory_tokens`: what each example's OCR memory costs (the truncated budget)."""
-    return [{**r, "memory_tokens": sum(model.page_memory_tokens(r["page_lines"])) if r.get("page_lines")
-             else len(r["pages"]) * model.memory_tokens_per_page} for r in rows]
+    return [{**r, "memory_tokens": memory_budget(r, model.memory_tokens_per_page, model.page_memory_tokens)}
+            for r in rows]

@@ -21,7 +21,9 @@ import torch
 
 from ocrmem.common.errors import UserFileNotFoundError
 from ocrmem.data.dataset import CachedPages, PixelPages
-from ocrmem.evaluation.conditions import CondInput, build_condition_input, collate, history_ids, recent_tokens
+from ocrmem.data.manifest import memory_text
+from ocrmem.evaluation.conditions import (CondInput, build_condition_input, collate, history_ids, memory_budget,
+                                         recent_tokens)
 from ocrmem.evaluation.scoring import bucket_of, char_precision, contains, exact_match, rounded
 from ocrmem.memory.prompt import PROMPTS
 from ocrmem.settings import Settings
@@ -102,12 +104,19 @@ class ExampleFigures:
 
 
 def load_adapter_model(settings: Settings, adapter_dir: str | Path | None):
+    """The adapter on this run's frozen parts (model.base_llm_model_name, model.ocr_model_name,
+    model.trust_remote_code: the user's own config), refused before any model loads when its format,
+    encoder, pooling or LLM width does not match the run."""
+    from ocrmem.memory.hub import check_adapter_against_run, read_adapter_config
     from ocrmem.memory.model import OcrMemModel
 
     adapter_dir = Path(adapter_dir) if adapter_dir is not None else settings.adapter_dir
     if not (adapter_dir / "adapter_config.json").is_file():
         raise UserFileNotFoundError(f"no adapter at {adapter_dir}: run `ocrmem train` first or pass --adapter DIR")
-    model = OcrMemModel.from_pretrained(adapter_dir)
+    check_adapter_against_run(read_adapter_config(adapter_dir), adapter_dir, settings)
+    ms = settings.model
+    model = OcrMemModel.from_pretrained(adapter_dir, trust_remote_code=ms.trust_remote_code,
+                                        llm=ms.base_llm_model_name, ocr_model=ms.ocr_model_name)
     if model.settings.render.model_dump(exclude={"workers"}) != settings.render.model_dump(exclude={"workers"}):
         print(f"WARNING: the adapter {adapter_dir} was trained on other render settings than "
               f"params.yaml's render section; the eval pages are rendered with params.yaml's", file=sys.stderr)
@@ -116,8 +125,8 @@ def load_adapter_model(settings: Settings, adapter_dir: str | Path | None):
 
 def example_figures(tok, rows: list[dict], mtpp: int) -> ExampleFigures:
     hist = [history_ids(tok, r["history"]) for r in rows]
-    kept = [len(history_ids(tok, r["history"][r.get("cut_chars", 0):])) for r in rows]
-    mem = [r.get("memory_tokens", len(r["pages"]) * mtpp) for r in rows]
+    kept = [len(history_ids(tok, memory_text(r))) for r in rows]
+    mem = [memory_budget(r, mtpp) for r in rows]
     return ExampleFigures(hist, kept, mem, [k / m if m else None for k, m in zip(kept, mem)],
                           [len(h) / m if m else None for h, m in zip(hist, mem)],
                           [answer_cut(tok, h, m, r["target"]) for h, m, r in zip(hist, mem, rows)])
@@ -138,7 +147,7 @@ def condition_inputs(settings: Settings, tok, mtpp: int, rows: list[dict], hist,
     if not ev.reconstruction_probe:
         return inputs, None
     recon = [build_condition_input("ocr_memory", r, tok, mtpp, h, **{**kw, "max_target_tokens": 10**9},
-                                   prompt=PROMPTS["reconstruct"], target=r["history"][r.get("cut_chars", 0):])
+                                   prompt=PROMPTS["reconstruct"], target=memory_text(r))
              for r, h in zip(rows, hist)]
     return inputs, recon
 
@@ -206,7 +215,7 @@ def example_record(i: int, r: dict, f: ExampleFigures, inputs: dict, results: di
             "input_tokens": len(it.prompt_ids) + it.memory_tokens,
         }
     if recon_preds is not None:
-        src = r["history"][r.get("cut_chars", 0):]
+        src = memory_text(r)
         rec["reconstruction"] = {"prediction": recon_preds[i], "precision": rounded(char_precision(recon_preds[i], src), 4)}
     return rec
 
