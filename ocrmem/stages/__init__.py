@@ -18,6 +18,7 @@ PIPELINE = ("validate", "standins", "render", "encode", "gradcheck", "train", "b
 STAGES = PIPELINE + (
     "benchmark",  # benchmark/dvc.yaml: its own pipeline, outside the default `dvc repro`
     "generate",  # a trained memory in use
+    "read",  # what a trained memory holds of your own text
 )
 
 
