@@ -110,13 +110,13 @@ def test_benchmark_end_to_end(trained, tmp_path):
 
 def test_benchmark_scores_the_answers_it_got(trained, tmp_path, monkeypatch):
     """Accuracy comes from the predictions: a model that always answers the target scores 1."""
-    from ocrmem.evaluation import evaluate as E
+    from ocrmem.evaluation import runner
     from ocrmem.evaluation.benchmark import benchmark
 
     def oracle(model, condition, items, rows, pages, bs, max_new_tokens, bar, score_loss=True):
         return [(1.0, len(it.target_ids)) for it in items], [r["target"] for r in rows]
 
-    monkeypatch.setattr(E, "_run_condition", oracle)
+    monkeypatch.setattr(runner, "_run_condition", oracle)
     m = benchmark(trained, size="cpu", out_dir=tmp_path, progress=False, pages=[1], depths=[0.5], points=["fs24"],
                   conditions=["no_memory", "ocr_memory"])
     assert m["fs24.no_memory.exact_match"] == 1.0 and m["fs24.ocr_memory.exact_match"] == 1.0
@@ -124,10 +124,10 @@ def test_benchmark_scores_the_answers_it_got(trained, tmp_path, monkeypatch):
 
 def test_benchmark_logs_its_panels_to_wandb(trained, tmp_path, monkeypatch):
     """With tracking on, the report logs the cell and compression tables, the curve and every PNG (offline run files)."""
-    from ocrmem.evaluation import evaluate as E
+    from ocrmem.evaluation import runner
     from ocrmem.evaluation.benchmark import benchmark
 
-    monkeypatch.setattr(E, "_run_condition", lambda model, c, items, rows, *a, **k: (
+    monkeypatch.setattr(runner, "_run_condition", lambda model, c, items, rows, *a, **k: (
         [(1.0, len(it.target_ids)) for it in items], [r["target"] for r in rows]))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")

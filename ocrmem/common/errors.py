@@ -33,6 +33,11 @@ def read_utf8(path: str | os.PathLike) -> str:
         ) from None
 
 
+class DiskFullError(UserError, OSError):
+    """A write that found no space (ENOSPC, EDQUOT): nothing half-written is left; the message names the path,
+    the bytes it needed and the bytes free. Still an OSError."""
+
+
 class ConfigError(UserError):
     """A config that must not start. `messages` holds one line per bad field."""
 

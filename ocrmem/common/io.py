@@ -1,47 +1,86 @@
 """File output, written once: atomic writes (bytes, text, JSON, JSONL, CSV), sha256, number formatting.
 
 Every file a stage leaves behind is written atomically (a temporary file in the same directory,
-then `os.replace`), so a killed run never leaves a half-written file that a rerun would trust.
+then `os.replace`), so a killed run never leaves a half-written file that a rerun would trust, and a
+full disk (ENOSPC) leaves none either: it raises DiskFullError naming the path and the space needed.
+`OCRMEM_FAULT_ENOSPC=<part of a path>` (tests only) makes the atomic writes of matching paths find
+the disk full after writing half their bytes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from PIL import Image
 
-from ocrmem.common.errors import UserError
+from ocrmem.common.errors import DiskFullError, UserError
+
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+ENOSPC_AT = "OCRMEM_FAULT_ENOSPC"  # test-only: an atomic write whose path contains this value finds the disk full
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n} bytes"
+
+
+def disk_full(path: str | os.PathLike, needed: int | None, written: int = 0) -> DiskFullError:
+    """The one-line error of a write that found no space: which path, how much it needed, how much is free."""
+    path = Path(path)
+    try:
+        free = _size(shutil.disk_usage(path.parent if path.parent.exists() else ".").free)
+    except OSError:
+        free = "unknown"
+    need = _size(needed) if needed else f"more than the {_size(written)} written"
+    return DiskFullError(f"{path}: no space left on the device: writing it needs {need}, {free} free in {path.parent}; "
+                         "nothing half-written was kept: free some space (or write elsewhere) and rerun")
+
+
+def _planted_enospc(path: Path, tmp: Path) -> None:
+    at = os.environ.get(ENOSPC_AT)
+    if at and at in str(path):
+        with open(tmp, "r+b") as f:  # a torn write, as a full disk leaves it
+            f.truncate(max(os.path.getsize(tmp) // 2, 1))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, needed: int | None = None) -> Iterator[Path]:
     """A temporary path beside `path`; on success it replaces `path`, on failure it is removed.
 
-    For writers that want a file name (safetensors, PIL); `write_atomic` covers bytes in memory.
+    For writers that want a file name (safetensors, PIL); `write_atomic` covers bytes in memory. A full
+    disk raises DiskFullError naming `path` and `needed` bytes (or what was written before it filled up).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    path, tmp = Path(path), None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         yield Path(tmp)
+        _planted_enospc(path, Path(tmp))
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    except BaseException as e:
+        written = 0
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                written = os.path.getsize(tmp)
+                os.unlink(tmp)
+        if isinstance(e, OSError) and not isinstance(e, DiskFullError) and e.errno in FULL_DISK:
+            raise disk_full(path, needed, written) from None
         raise
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(path) as tmp:
+    with atomic_path(path, needed=len(data)) as tmp:
         tmp.write_bytes(data)
 
 

@@ -24,14 +24,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ocrmem.common.errors import UserError, UserFileNotFoundError
-from ocrmem.common.io import write_json
+from ocrmem.common.io import atomic_path, write_json
+from ocrmem.memory import hub
 from ocrmem.memory.encoder import DTYPES, FrozenEncoder, build_encoder
-from ocrmem.memory.hub import hub_kwargs, load_tokenizer
+from ocrmem.memory.hub import ADAPTER_CONFIG, ADAPTER_WEIGHTS, hub_kwargs, load_tokenizer
 from ocrmem.memory.projector import Projector, build_projector, pooled_tokens
 from ocrmem.settings import ModelSettings, Settings
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter.safetensors"
+__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "OcrMemModel", "OcrMemOutput", "SoftPrompt", "load_llm", "read_adapter"]
 
 
 @dataclass
@@ -120,11 +120,11 @@ class OcrMemModel(nn.Module):
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def build(cls, settings: Settings, llm=None, tokenizer=None) -> "OcrMemModel":
+    def build(cls, settings: Settings, llm=None, tokenizer=None, encoder: FrozenEncoder | None = None) -> "OcrMemModel":
         """Load the frozen parts named by `settings.model` and a fresh projector (seeded by train.seed)."""
         if llm is None:
             llm, tokenizer = load_llm(settings.model)
-        encoder = build_encoder(settings.model, settings.render)
+        encoder = encoder if encoder is not None else build_encoder(settings.model, settings.render)
         emb = llm.get_input_embeddings().weight
         torch.manual_seed(settings.train.seed)
         projector = build_projector(
@@ -136,22 +136,40 @@ class OcrMemModel(nn.Module):
         return cls(encoder, projector, llm, settings, tokenizer, soft)
 
     @classmethod
-    def from_pretrained(cls, adapter_dir: str | Path, **model_overrides) -> "OcrMemModel":
-        """Restore a trained adapter: rebuild the frozen parts it names, load the projector tensors."""
+    def from_pretrained(cls, adapter_dir: str | Path, trust_remote_code: bool = False, llm: str | None = None,
+                        ocr_model: str | None = None, **model_overrides) -> "OcrMemModel":
+        """Restore a trained adapter from any working directory: find the frozen parts it names (or take
+        `llm` / `ocr_model`, a path or hub id), check them against its tensors, load them, load its tensors.
+        Remote code runs only with trust_remote_code=True: the adapter's own config never enables it."""
         adapter_dir = Path(adapter_dir)
-        cfg_file = adapter_dir / ADAPTER_CONFIG
-        if not cfg_file.is_file():
-            raise UserFileNotFoundError(f"{cfg_file} not found: is {adapter_dir} an adapter written by `ocrmem train`?")
-        cfg = json.loads(cfg_file.read_text())
-        tensors = read_adapter(adapter_dir, cfg)  # before the LLM loads: a bad file costs nothing
-        settings = Settings.model_validate({"model": {**cfg["model"], **model_overrides}, "render": cfg["render"]})
-        model = cls.build(settings)
+        cfg = hub.read_adapter_config(adapter_dir)  # format first, then the tensors: before anything loads
+        tensors = read_adapter(adapter_dir, cfg)
+        llm = model_overrides.pop("base_llm_model_name", llm)  # the old spelling of the overrides
+        ocr_model = model_overrides.pop("ocr_model_name", ocr_model)
+        parts = hub.resolve_adapter_parts(cfg, adapter_dir, llm=llm, ocr_model=ocr_model)
+        model_cfg = {**cfg["model"], **model_overrides, **parts, "trust_remote_code": bool(trust_remote_code)}
+        try:
+            settings = Settings.model_validate({"model": model_cfg, "render": cfg["render"]})
+        except ValueError as e:  # pydantic's ValidationError: a field this code does not know, a bad value
+            raise UserError(f"{adapter_dir / ADAPTER_CONFIG}: {' '.join(str(e).split())[:300]}") from None
+        hub.check_adapter_parts(cfg, adapter_dir, settings.model)
+        encoder = build_encoder(settings.model, settings.render)
+        hub.check_adapter_encoder(cfg, adapter_dir, encoder.fingerprint(), encoder.out_dim, ocr_model is not None)
+        try:
+            llm_model, tokenizer = load_llm(settings.model)
+        except (OSError, ValueError) as e:  # transformers: a repo it cannot read, remote code not allowed
+            fix = "--trust-remote-code after reading its code" if "trust_remote_code" in str(e) else "--llm PATH_OR_ID"
+            raise UserError(f"adapter {adapter_dir}: cannot load its LLM {settings.model.base_llm_model_name!r} "
+                            f"({(str(e).strip().splitlines() or [''])[0][:200]}): pass {fix}") from None
+        hub.check_llm_width(cfg, adapter_dir, settings.model.base_llm_model_name,
+                            llm_model.get_input_embeddings().weight.shape[1])
+        model = cls.build(settings, llm_model, tokenizer, encoder=encoder)
         model.load_trained_state(tensors)
         return model
 
     def adapter_config(self) -> dict:
         return {
-            "format": "ocrmem-adapter/1",
+            "format": f"{hub.FORMAT}/{hub.FORMAT_VERSION}",
             "model": self.settings.model.model_dump(),
             "render": self.settings.render.model_dump(),
             "encoder_fingerprint": self.encoder.fingerprint(),
@@ -170,9 +188,12 @@ class OcrMemModel(nn.Module):
         tensors = {n: t.detach().cpu().contiguous() for n, t in src.items() if n in names}
         if set(tensors) != names:
             raise RuntimeError(f"adapter is missing trained tensors {sorted(names - set(tensors))[:5]}")
-        save_file(tensors, str(out_dir / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        (out_dir / ADAPTER_CONFIG).unlink(missing_ok=True)  # written last: a torn save never reads as complete
+        with atomic_path(out_dir / ADAPTER_WEIGHTS, needed=sum(t.nbytes for t in tensors.values())) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "pt"})
         shapes = {n: list(t.shape) for n, t in sorted(tensors.items())}  # as saved (ZeRO-3: gathered)
-        write_json(out_dir / ADAPTER_CONFIG, {**self.adapter_config(), "shapes": shapes})
+        write_json(out_dir / ADAPTER_CONFIG, {**self.adapter_config(), "shapes": shapes,
+                                             "paths": hub.local_model_paths(self.settings.model, out_dir)})
         return out_dir
 
     def load_trained_state(self, tensors: dict[str, torch.Tensor]) -> None:

@@ -3,6 +3,7 @@ of questions (each history's pages drawn and encoded once, through the page cach
 
     generate("checkpoints/adapter", history=text, prompt="What is item 3?")        # -> Answer
     generate("checkpoints/adapter", input_path="qs.jsonl", output_path="as.jsonl")  # -> counts
+    generate("/abs/adapter", history=text, prompt="...", llm="./my-copy-of-the-llm")      # your own LLM copy
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from ocrmem.serving.memory_llm import Answer, MemoryLLM, history_text
 
 
 def generate(adapter: str | Path, history=None, prompt: str | None = None, input_path: str | Path | None = None,
-             output_path: str | Path | None = None, max_new_tokens: int = 64) -> Answer | dict:
+             output_path: str | Path | None = None, max_new_tokens: int = 64, llm: str | None = None,
+             ocr_model: str | None = None, trust_remote_code: bool = False) -> Answer | dict:
     """One answer (history + prompt), or every question of `input_path` answered into `output_path`.
-    A questions file is checked line by line before the model loads."""
+    A questions file is checked line by line before the model loads. `llm`, `ocr_model` and
+    `trust_remote_code` go to MemoryLLM.from_pretrained."""
     if input_path is not None:
         read_questions(input_path)
-    llm = MemoryLLM.from_pretrained(adapter)
+    llm = MemoryLLM.from_pretrained(adapter, llm=llm, ocr_model=ocr_model, trust_remote_code=trust_remote_code)
     if input_path is not None:
         return answer_file(llm, input_path, output_path, max_new_tokens=max_new_tokens)
     return llm.answer(history, prompt, max_new_tokens=max_new_tokens)

@@ -74,11 +74,16 @@ class MemoryLLM:
 
     @classmethod
     def from_pretrained(cls, adapter_dir: str | Path, device: str | torch.device | None = None,
-                        max_prompt_tokens: int | None = None, **model_overrides) -> "MemoryLLM":
-        """Load an adapter (OcrMemModel.from_pretrained; overrides go to its model settings)."""
+                        max_prompt_tokens: int | None = None, trust_remote_code: bool = False,
+                        llm: str | None = None, ocr_model: str | None = None, **model_overrides) -> "MemoryLLM":
+        """Load an adapter from any working directory (OcrMemModel.from_pretrained). `llm` / `ocr_model`: your
+        own copy (path or hub id) of the LLM / OCR model it names, checked against its tensors. Remote code
+        runs only with trust_remote_code=True, never because the adapter asks. Other overrides go to its
+        model settings."""
         from ocrmem.memory.model import OcrMemModel
 
-        model = OcrMemModel.from_pretrained(adapter_dir, **model_overrides)
+        model = OcrMemModel.from_pretrained(adapter_dir, trust_remote_code=trust_remote_code, llm=llm,
+                                            ocr_model=ocr_model, **model_overrides)
         if device is not None:
             model.to(device)
         return cls(model, max_prompt_tokens=max_prompt_tokens)

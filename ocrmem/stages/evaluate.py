@@ -1,6 +1,10 @@
 """The evaluate stage: every condition on the same held-out examples, side by side.
 
     ocrmem evaluate [--params params.yaml] [--adapter DIR]      # ocrmem.evaluation.evaluate.evaluate
+
+The adapter is refused before any model loads when its format, encoder, pooling or LLM width is not
+the run's (ocrmem.memory.hub.check_adapter_against_run). The adapter itself is never written to: it
+is the train stage's output (`ocrmem.common.card.export_adapter` copies it with these figures in its card).
 """
 
 from __future__ import annotations

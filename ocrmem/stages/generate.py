@@ -2,6 +2,10 @@
 
     ocrmem generate --adapter checkpoints/adapter --history FILE --prompt "..."
     ocrmem generate --adapter checkpoints/adapter --input questions.jsonl --output answers.jsonl
+    ocrmem generate --adapter /abs/adapter --llm PATH_OR_ID --ocr-model PATH_OR_ID [--trust-remote-code] ...
+
+The adapter loads from any working directory (its local models are found from where it was trained,
+or named with --llm / --ocr-model); remote code runs only with --trust-remote-code.
 
 The work is `ocrmem.serving.generate.generate`; this module reads the arguments and prints.
 """
@@ -24,6 +28,10 @@ def add_arguments(p) -> None:
     p.add_argument("--input", help='JSONL of questions: {"history": str | [turns], "prompt": str, "id"?: str}')
     p.add_argument("--output", help="JSONL of answers, one per question (written atomically)")
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--llm", metavar="PATH_OR_ID", help="your copy of the LLM the adapter names (checked against it)")
+    p.add_argument("--ocr-model", metavar="PATH_OR_ID", help="your copy of the OCR model the adapter names")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow the models to run their own Python code (the adapter's config never does)")
 
 
 def _check(args) -> None:
@@ -39,7 +47,8 @@ def run(args, s: None) -> int:
     _check(args)
     history = read_history(args.history) if args.history else None
     out = generate(args.adapter, history=history, prompt=args.prompt, input_path=args.input,
-                   output_path=args.output, max_new_tokens=args.max_new_tokens)
+                   output_path=args.output, max_new_tokens=args.max_new_tokens, llm=args.llm,
+                   ocr_model=args.ocr_model, trust_remote_code=args.trust_remote_code)
     if args.input:
         print(f"{out['questions']} answers -> {args.output} ({out['pages_rendered']} pages drawn, "
               f"{out['pages_from_cache']} from the page cache)")

@@ -30,6 +30,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from ocrmem.training.align import align
 from ocrmem.training.patches import resume_without_frozen, state_without_frozen
 from ocrmem.data.dataset import TrainingInputs, first_batch, training_inputs
+from ocrmem.common.card import write_model_card
 from ocrmem.common.faults import fault_point
 from ocrmem.training.gradcheck import GradientFlowError, check_gradient_flow
 from ocrmem.common.io import write_json
@@ -296,8 +297,10 @@ def _step_of(checkpoint: str | None) -> int:
 
 
 def train(settings: Settings, model: OcrMemModel | None = None, resume: bool = True,
-          callbacks: list | None = None, metrics_path: str | Path | None = "metrics/train.json") -> dict:
-    """The train stage: the projector on the rendered data; writes the adapter and metrics/train.json."""
+          callbacks: list | None = None, metrics_path: str | Path | None = "metrics/train.json",
+          card_data: str | None = None) -> dict:
+    """The train stage: the projector on the rendered data; writes the adapter, its model card (README.md;
+    `card_data`: what the data was, where data.source does not say) and metrics/train.json."""
     report_to = trainer_report_to(settings)  # first: a missing WandB key stops before anything loads
     t = training_inputs(settings, model)
     counts = _print_counts(t.model)
@@ -327,6 +330,9 @@ def train(settings: Settings, model: OcrMemModel | None = None, resume: bool = T
         "total_parameters": counts["total"], "eval_loss_before": round(before, 5), "eval_loss_after": round(after, 5),
         "resumed_from": last, **{k: round(v, 5) for k, v in aligned.items()},
     }
+    if trainer.is_world_process_zero():  # the model card travels with the adapter (ocrmem.common.card)
+        write_model_card(settings.adapter_dir, settings.model_dump(mode="json"), metrics,
+                         {"training examples": len(t.train), "held-out examples": len(t.eval)}, card_data)
     if trainer.is_world_process_zero() and metrics_path:
         write_json(metrics_path, metrics)
         print(f"adapter: {settings.adapter_dir}  held-out loss {before:.3f} -> {after:.3f}")
