@@ -174,6 +174,8 @@ class TrainSettings(Section):
     dataloader_num_workers: int = Field(0, ge=0, description="DataLoader workers.")
     gradcheck_at_start: bool = Field(True, description="Run the gradient-flow check on the first batch.")
     report_to: str = Field("wandb", description="Trainer report_to: wandb or none.")
+    init_from: str | None = Field(None, description="A stage-1 reader (adapter dir, e.g. pretrained/reader: "
+                                  "`ocrmem pretrain`) the projector and soft prompt start from; null: from scratch.")
 
     @field_validator("objectives")
     @classmethod
@@ -242,6 +244,23 @@ class BenchmarkSettings(Section):
         description="Compression points run, one DVC stage each (the matrix of benchmark/dvc.yaml).")
 
 
+class PretrainSettings(Section):
+    out_dir: str = Field("data/pretrain", description="Rendered pages and features of the reading corpus.")
+    output_dir: str = Field("checkpoints/pretrain", description="Checkpoints of the run (a killed run resumes).")
+    reader_dir: str = Field("pretrained/reader", description="The shipped reader: adapter.safetensors, adapter_config.json and its model card.")
+    n_train: int = Field(1024, gt=0, description="Training texts (ocrmem.tasks.reading, every kind in turn).")
+    n_eval: int = Field(32, gt=0, description="Held-out texts, from documents never trained on (the Fox table's).")
+    n_chars: int = Field(700, gt=0, description="Characters of a text at most (about a page at the default render).")
+    max_steps: int = Field(400, gt=0, description="Optimizer steps of reconstruction.")
+    batch_size: int = Field(8, gt=0, description="Texts per step.")
+    learning_rate: float = Field(2e-3, gt=0, description="Peak learning rate.")
+    max_target_tokens: int = Field(256, gt=0, description="Tokens of a page's text the reader learns to repeat.")
+    points: list[Literal[tuple(BENCH_POINTS)]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["fs24", "fs20", "fs16"], min_length=1,
+        description="Render densities the held-out texts are read at (metrics/pretrain.json).")
+    seed: int = Field(0, description="Seed of the corpus and the run.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="OCRMEM_", env_nested_delimiter="__", extra="forbid", yaml_file=None
@@ -255,6 +274,7 @@ class Settings(BaseSettings):
     eval: EvalSettings = Field(default_factory=EvalSettings)
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
     benchmark: BenchmarkSettings = Field(default_factory=BenchmarkSettings)
+    pretrain: PretrainSettings = Field(default_factory=PretrainSettings)
 
     @classmethod
     def settings_customise_sources(

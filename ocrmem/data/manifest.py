@@ -67,14 +67,15 @@ def memory_text(row) -> str:
     return row["history"][row.get("cut_chars", 0):]
 
 
-def render(settings: Settings, progress: bool = True) -> dict:
+def render(settings: Settings, progress: bool = True, examples: dict[str, list[Example]] | None = None) -> dict:
     """The render stage: every split with the base LLM's tokenizer counting text tokens and the
-    encoder's page cost for the compression figures; returns the figures (see render_dataset)."""
+    encoder's page cost for the compression figures; returns the figures (see render_dataset).
+    `examples`: each split's examples (default: data.source's)."""
     from ocrmem.memory.encoder import tokens_per_line, tokens_per_page
     from ocrmem.memory.hub import load_tokenizer
 
     return render_dataset(settings, tokenizer=load_tokenizer(settings.model), tokens_per_page=tokens_per_page(settings),
-                          tokens_per_line=tokens_per_line(settings), progress=progress)
+                          tokens_per_line=tokens_per_line(settings), progress=progress, examples=examples)
 
 
 def load_examples(settings: Settings, split: str) -> list[Example]:

@@ -14,7 +14,8 @@ import json
 from pathlib import Path
 from types import ModuleType
 
-PIPELINE = ("validate", "standins", "render", "encode", "gradcheck", "train", "baselines", "evaluate")  # dvc.yaml
+# dvc.yaml's stages, in order (pretrain is frozen there: `dvc repro` uses the shipped reader as it is)
+PIPELINE = ("validate", "standins", "pretrain", "render", "encode", "gradcheck", "train", "baselines", "evaluate")
 STAGES = PIPELINE + (
     "benchmark",  # benchmark/dvc.yaml: its own pipeline, outside the default `dvc repro`
     "generate",  # a trained memory in use

@@ -296,6 +296,17 @@ def _step_of(checkpoint: str | None) -> int:
     return int(str(checkpoint).rsplit("-", 1)[1]) if checkpoint else 0
 
 
+def start_from_reader(model: OcrMemModel, settings: Settings) -> None:
+    """Stage 2 from stage 1: the trained tensors of train.init_from (`ocrmem pretrain`'s reader), checked
+    against this run's encoder, pooling and LLM width before they load (a one-line error otherwise)."""
+    from ocrmem.memory.hub import check_adapter_against_run, read_adapter_config
+
+    reader = settings.train.init_from
+    check_adapter_against_run(read_adapter_config(reader), reader, settings)
+    model.load_trained_state(read_adapter(reader))
+    print0(f"starting from the stage-1 reader {reader}")
+
+
 def train(settings: Settings, model: OcrMemModel | None = None, resume: bool = True,
           callbacks: list | None = None, metrics_path: str | Path | None = "metrics/train.json",
           card_data: str | None = None) -> dict:
@@ -307,7 +318,9 @@ def train(settings: Settings, model: OcrMemModel | None = None, resume: bool = T
     out_dir = settings.train.output_dir
     last = last_complete_checkpoint(out_dir) if resume else None
     aligned = {}
-    if settings.train.align_steps and not last:  # a resumed run restores the aligned projector instead
+    if settings.train.init_from and not last:  # a stage-1 reader is aligned already
+        start_from_reader(t.model, settings)
+    elif settings.train.align_steps and not last:  # a resumed run restores the aligned projector instead
         aligned = align(settings, t.model, t.train.rows, t.train.pages)
     trainer = _make_trainer(settings, t, report_to, callbacks)
     before = heldout_loss(t.model, t.eval, trainer.data_collator, settings.eval.batch_size)

@@ -1,0 +1,24 @@
+"""The pretrain stage: the stage-1 reader that stage 2 (`train.init_from`) starts from.
+
+    ocrmem pretrain [--params params.yaml]      # ocrmem.training.pretrain.pretrain
+    dvc repro --force pretrain                   # retrain the shipped reader (the DVC stage is frozen)
+
+Hours on a 2-core CPU, minutes on a GPU (bench/gpu_pretrain.sh); resumable.
+"""
+
+from __future__ import annotations
+
+HELP = "train the stage-1 reader on general text -> pretrained/reader, metrics/pretrain.json"
+SETTINGS = "models"
+METRICS = "metrics/pretrain.json"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--no-resume", action="store_true", help="start over instead of resuming the last checkpoint")
+
+
+def run(args, s) -> int:
+    from ocrmem.training.pretrain import pretrain
+
+    pretrain(s, resume=not args.no_resume)
+    return 0
