@@ -294,7 +294,7 @@ def test_tasks_run_their_dvc_stage_and_return_its_figures(tiny_repo, monkeypatch
     Path("data/rendered/stats.json").write_text(json.dumps({"total": {"pages": 3}}))
     got = {name: fp.TASKS[name].fn() for name in STAGES}
     assert ran == STAGES and list(fp.TASKS) == STAGES
-    assert got == {"validate": {"valid": True}, "standins": None, "pretrain": {}, "render": {"pages": 3}, "encode": None,
+    assert got == {"validate": {"valid": True}, "standins": None, "render": {"pages": 3}, "encode": None,
                    "gradcheck": {"ok": True}, "train": {"steps": 2}, "baselines": {"conditions": []},
                    "evaluate": {"ocr_memory.exact_match": 0.5}}
     assert {name: t.name for name, t in fp.TASKS.items()} == {s: s for s in STAGES}
@@ -351,7 +351,7 @@ def test_retries_only_on_io_tasks_and_no_second_cache():
     from prefect.cache_policies import NO_CACHE
 
     retries = {name: fp.TASKS[name].retries for name in STAGES}
-    assert retries == {"validate": 0, "standins": 0, "pretrain": 0, "render": 2, "encode": 2, "gradcheck": 0, "train": 0, "baselines": 0,
+    assert retries == {"validate": 0, "standins": 0, "render": 2, "encode": 2, "gradcheck": 0, "train": 0, "baselines": 0,
                        "evaluate": 0}
     for name in STAGES:  # DVC decides what reruns: no Prefect cache in front of it
         t = fp.TASKS[name]

@@ -14,9 +14,9 @@ import json
 from pathlib import Path
 from types import ModuleType
 
-# dvc.yaml's stages, in order (pretrain is frozen there: `dvc repro` uses the shipped reader as it is)
-PIPELINE = ("validate", "standins", "pretrain", "render", "encode", "gradcheck", "train", "baselines", "evaluate")
+PIPELINE = ("validate", "standins", "render", "encode", "gradcheck", "train", "baselines", "evaluate")  # dvc.yaml
 STAGES = PIPELINE + (
+    "pretrain",  # stage 1: the reader train.init_from starts from (hours on a CPU; resumable)
     "benchmark",  # benchmark/dvc.yaml: its own pipeline, outside the default `dvc repro`
     "generate",  # a trained memory in use
     "read",  # what a trained memory holds of your own text

@@ -1,9 +1,9 @@
 """The pretrain stage: the stage-1 reader that stage 2 (`train.init_from`) starts from.
 
     ocrmem pretrain [--params params.yaml]      # ocrmem.training.pretrain.pretrain
-    dvc repro --force pretrain                   # retrain the shipped reader (the DVC stage is frozen)
 
-Hours on a 2-core CPU, minutes on a GPU (bench/gpu_pretrain.sh); resumable.
+Hours on a 2-core CPU, minutes on a GPU; resumable. Not a dvc.yaml stage yet: it becomes a frozen one
+(the default `dvc repro` using the reader as committed) once a reader that reads is committed.
 """
 
 from __future__ import annotations
