@@ -45,7 +45,11 @@ def test_generate_answers_a_file_of_questions(adapter, tmp_path, capsys):
     hist.write_text(HIST)
     assert main(["generate", "--adapter", str(adapter), "--history", str(hist), "--prompt", "What is item 3?",
                  "--max-new-tokens", "3"]) == 0
-    assert capsys.readouterr().out.strip() == got[0]["answer"]
+    printed = capsys.readouterr()
+    assert printed.out.strip() == got[0]["answer"]
+    paged = llm.render(HIST)  # the memory line: what the pages hold of the history, in characters and pages
+    held = len(HIST) - paged.cut_chars
+    assert f"(memory: {held:,} of {len(HIST):,} characters of the history on {len(paged.pages)} page" in printed.err
 
 
 @pytest.mark.parametrize("bad, why", [

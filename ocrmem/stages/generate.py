@@ -58,6 +58,15 @@ def run(args, s: None) -> int:
         print(f"(the font cannot draw {sum(out.missing_glyphs.values())} characters of the history, drawn as "
               f"boxes: {''.join(out.missing_glyphs)[:20]!r}; set render.font_path to a font that has them)",
               file=sys.stderr)
-    if out.cut_chars:
-        print(f"(history cut: the oldest {out.cut_chars} characters did not fit the page budget)", file=sys.stderr)
+    print(_held(history, out), file=sys.stderr)
     return 0
+
+
+def _held(history, answer) -> str:
+    """How much of the history the memory holds, in characters and pages (and what the budget cut)."""
+    from ocrmem.serving.memory_llm import history_text
+
+    n, pages = len(history_text(history)), len(answer.page_lines)
+    cut = f"; the oldest {answer.cut_chars:,} did not fit the page budget" if answer.cut_chars else ""
+    return (f"(memory: {n - answer.cut_chars:,} of {n:,} characters of the history on {pages} "
+            f"page{'s' * (pages != 1)}, {answer.memory_tokens:,} memory tokens{cut})")
