@@ -24,6 +24,9 @@ ENCODERS = {
 PROJECTORS = {
     "linear": "ocrmem.memory.projector:linear",
     "mlp2x_gelu": "ocrmem.memory.projector:mlp2x_gelu",
+    "frame_mean": "ocrmem.memory.projector:FrameMean",
+    "resampler": "ocrmem.memory.projector:Resampler",
+    "mean_pool": "ocrmem.memory.projector:MeanPool",  # the control: frames averaged, order lost
 }
 
 
