@@ -62,6 +62,9 @@ class ModelSettings(Section):
                                     "the adapter); the trained text baselines get as many, so only the memory differs.")
     recognizer_layer: Literal["neck", "backbone"] = Field("neck", description="ppocr_rec: the pre-CTC neck (120 per "
                                                           "frame, what CTC reads) or the backbone (384) as tokens.")
+    recognizer_ink_width: bool = Field(False, description="ppocr_rec: cut each line's strip to the smallest width "
+                                       "bucket (128 px steps) holding its ink; frames past it are not computed and "
+                                       "hold the blank strip's features (same tokens a line; faster on prose).")
     trust_remote_code: bool = Field(False, description="Allow hub repos to run their own code. Off unless you need it.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of both models.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(

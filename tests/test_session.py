@@ -14,7 +14,9 @@ from ocrmem.settings import Settings
 
 
 ENCODERS = {"pixel_lines": {"encoder": "pixel_lines", "ocr_model_name": "pixel_lines", "pixel_downsample": 2},
-            "ppocr_rec": {"encoder": "ppocr_rec", "ocr_model_name": "rapidocr:PP-OCRv6_rec_small", "token_pool": 16}}
+            "ppocr_rec": {"encoder": "ppocr_rec", "ocr_model_name": "rapidocr:PP-OCRv6_rec_small", "token_pool": 16},
+            "ppocr_rec_ink": {"encoder": "ppocr_rec", "ocr_model_name": "rapidocr:PP-OCRv6_rec_small", "token_pool": 16,
+                              "recognizer_ink_width": True}}  # ink-width strips (issue 24)
 
 
 def _settings(llm_dir, encoder: str = "pixel_lines", **render) -> Settings:
@@ -174,7 +176,7 @@ def test_a_page_whose_text_changed_is_drawn_again(models, encoder):
     assert changed == [len(before) - 1] and after[-1][-1] != before[-1][-1]
     inc = chat.answer("q?", max_new_tokens=3)
     assert llm.pages.rendered == drawn + len(after) - len(before) + 1  # the changed page, and any new one
-    if encoder == "ppocr_rec":  # only new line texts were read: the rewrapped last line(s) and any new page's
+    if encoder.startswith("ppocr_rec"):  # only new line texts were read: the rewrapped last line(s) and any new page's
         old = {ln for p in before for ln in p}
         assert rec.lines_read - read == len({ln for p in after for ln in p if ln.strip() and ln not in old}) > 0
     # what the cache served is what drawing that text from scratch gives
