@@ -50,6 +50,20 @@ class StopAt(TrainerCallback):
             control.should_training_stop = True
 
 
+@pytest.fixture(scope="session")
+def tiny_adapter(tmp_path_factory, tiny_models):
+    """An untrained adapter on the tiny LLM: the pixel_lines encoder (a token a line), 128px pages, 2 at most."""
+    from ocrmem.memory.model import OcrMemModel
+    from ocrmem.settings import Settings
+
+    s = Settings.model_validate({
+        "model": {"base_llm_model_name": str(tiny_models["llm"]), "encoder": "pixel_lines",
+                  "ocr_model_name": "pixel_lines", "pixel_downsample": 2},
+        "render": {"page_size": 128, "margin": 4, "font_size": 8, "max_pages": 2},
+    })
+    return OcrMemModel.build(s).save_adapter(tmp_path_factory.mktemp("tiny_adapter") / "adapter")
+
+
 def repo_params(tmp_path, **sections) -> Path:
     """The repository's params.yaml with some sections' fields replaced, written to tmp_path."""
     base = yaml.safe_load((REPO / "params.yaml").read_text())

@@ -13,16 +13,8 @@ HIST = "".join(f"Fact {i}: item {i} is word{i}. " for i in range(60)) + "\n\nThe
 
 
 @pytest.fixture(scope="module")
-def adapter(tmp_path_factory, tiny_models):
-    from ocrmem.memory.model import OcrMemModel
-    from ocrmem.settings import Settings
-
-    s = Settings.model_validate({
-        "model": {"base_llm_model_name": str(tiny_models["llm"]), "encoder": "pixel_lines",
-                  "ocr_model_name": "pixel_lines", "pixel_downsample": 2},
-        "render": {"page_size": 128, "margin": 4, "font_size": 8, "max_pages": 2},
-    })
-    return OcrMemModel.build(s).save_adapter(tmp_path_factory.mktemp("read") / "adapter")
+def adapter(tiny_adapter):
+    return tiny_adapter
 
 
 def test_page_texts_are_the_spans_the_memory_pages_show(adapter):
