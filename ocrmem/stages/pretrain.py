@@ -2,7 +2,7 @@
 
     ocrmem pretrain [--params params.yaml]      # ocrmem.training.pretrain.pretrain
 
-Hours on a 2-core CPU, minutes on a GPU; resumable. Not a dvc.yaml stage yet: it becomes a frozen one
+Hours on a 2-core CPU, minutes on a GPU (`bash bench/gpu_pretrain.sh OUT_DIR`); resumable. Not a dvc.yaml stage yet: it becomes a frozen one
 (the default `dvc repro` using the reader as committed) once a reader that reads is committed.
 """
 
