@@ -22,11 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import shapes
 import torch
 
 # bench/ is the script's directory, so Python finds its siblings (common, shapes) without any path edits.
 from common import machine, measure, save, table
-import shapes
 
 from ocrmem.memory.encoder import DeepseekOcr2Encoder, FrozenEncoder
 from ocrmem.memory.model import OcrMemModel

@@ -34,9 +34,9 @@ def main() -> None:
     ap.add_argument("--out", default="bench/results/objective_sweep.json")
     args = ap.parse_args()
     os.environ["WANDB_MODE"] = "disabled"
+    from ocrmem.evaluation.evaluate import evaluate
     from ocrmem.memory import OcrMemModel, load_llm
     from ocrmem.settings import load_settings
-    from ocrmem.evaluation.evaluate import evaluate
     from ocrmem.training.trainer import train
 
     base = load_settings(args.params)

@@ -109,11 +109,11 @@ def run_recipe(base, llm, tok, name: str, stages, steps: int, every: int, root: 
 
 
 def run_all(args) -> dict:
-    from ocrmem.training.baselines import baselines
-    from ocrmem.data.manifest import render
     from ocrmem.data.features import encode
+    from ocrmem.data.manifest import render
     from ocrmem.memory import load_llm
     from ocrmem.settings import load_settings
+    from ocrmem.training.baselines import baselines
 
     base = load_settings(args.params)
     base.train.report_to, base.tracking.wandb_mode = "none", "disabled"

@@ -19,11 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import shapes
 import torch
 
 # bench/ is the script's directory, so Python finds its siblings (common, shapes) without any path edits.
 from common import RESULTS, machine
-import shapes
 from costs import build
 from transformers import TrainerCallback
 

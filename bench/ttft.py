@@ -41,13 +41,12 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import machine, sync, table
 
 from ocrmem.memory.prompt import memory_prompt
-from ocrmem.serving.memory_llm import MemoryLLM
 from ocrmem.memory.render import draw_page
 from ocrmem.serving.caches import crop_cache, page_key, page_layout
+from ocrmem.serving.memory_llm import MemoryLLM
 
 PROMPT = "Which city did the grey heron fly to on day 3? Answer with one word."
 WORDS = ("red green blue grey amber silver violet golden heron otter badger falcon lynx crane maple cedar "
@@ -295,6 +294,7 @@ def build_model(kind: str, device: str, dtype: str, max_pages: int):
         s = Settings.model_validate({**s.model_dump(), "render": {**s.render.model_dump(), "max_pages": max_pages}})
         return OcrMemModel.build(s).to(device)
     import shapes
+
     from ocrmem.memory.encoder import DeepseekOcr2Encoder, FrozenEncoder
     from ocrmem.memory.projector import build_projector
 

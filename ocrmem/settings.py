@@ -250,7 +250,8 @@ class BenchmarkSettings(Section):
 class PretrainSettings(Section):
     out_dir: str = Field("data/pretrain", description="Rendered pages and features of the reading corpus.")
     output_dir: str = Field("checkpoints/pretrain", description="Checkpoints of the run (a killed run resumes).")
-    reader_dir: str = Field("pretrained/reader", description="The shipped reader: adapter.safetensors, adapter_config.json and its model card.")
+    reader_dir: str = Field("pretrained/reader",
+                            description="The shipped reader: adapter.safetensors, adapter_config.json, model card.")
     n_train: int = Field(1024, gt=0, description="Training texts (ocrmem.tasks.reading, every kind in turn).")
     n_eval: int = Field(32, gt=0, description="Held-out texts, from documents never trained on (the Fox table's).")
     n_chars: int = Field(700, gt=0, description="Characters of a text at most (about a page at the default render).")

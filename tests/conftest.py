@@ -108,8 +108,8 @@ def pipeline(make_settings):
     """Rendered + encoded tiny dataset; returns its settings."""
     from transformers import AutoTokenizer
 
-    from ocrmem.data.manifest import render_dataset
     from ocrmem.data.features import encode
+    from ocrmem.data.manifest import render_dataset
     from ocrmem.memory import tokens_per_page
     from ocrmem.memory.encoder import tokens_per_line
 

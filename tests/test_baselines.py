@@ -8,11 +8,11 @@ CONDS = ["no_memory", "truncated_text", "truncated_text_trained", "ocr_memory", 
 
 
 def test_text_baselines_train_only_their_soft_prompt_and_are_evaluated(pipeline, tmp_path, monkeypatch):
-    from ocrmem.training.baselines import baselines, train_text_baseline
-    from ocrmem.evaluation.conditions import load_soft_prompt, with_budgets
     from ocrmem.data.manifest import read_manifest
+    from ocrmem.evaluation.conditions import load_soft_prompt, with_budgets
     from ocrmem.evaluation.evaluate import evaluate
     from ocrmem.memory.model import OcrMemModel
+    from ocrmem.training.baselines import baselines, train_text_baseline
     from ocrmem.training.trainer import train
 
     monkeypatch.chdir(tmp_path)

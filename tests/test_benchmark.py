@@ -27,9 +27,9 @@ def test_training_and_evaluation_with_multi_page_memory(make_settings, tmp_path)
     proj moves), evaluated with the OCR memory costing every page's tokens."""
     from transformers import AutoTokenizer
 
+    from ocrmem.data.features import encode
     from ocrmem.data.manifest import read_manifest, render_dataset
     from ocrmem.evaluation.evaluate import evaluate
-    from ocrmem.data.features import encode
     from ocrmem.memory import OcrMemModel, tokens_per_page
     from ocrmem.training.trainer import train
 
@@ -55,18 +55,19 @@ def test_training_and_evaluation_with_multi_page_memory(make_settings, tmp_path)
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_models):
     """A tiny adapter trained for 2 steps; its settings."""
+    from conftest import tiny_settings_dict
+
     from ocrmem.memory import OcrMemModel
     from ocrmem.settings import Settings
     from ocrmem.training.trainer import train
-    from conftest import tiny_settings_dict
 
     root = tmp_path_factory.mktemp("bench")
     s = Settings.model_validate(tiny_settings_dict(root, tiny_models, train={"max_steps": 2, "align_steps": 0,
                                                                               "gradcheck_at_start": False}))
     from transformers import AutoTokenizer
 
-    from ocrmem.data.manifest import render_dataset
     from ocrmem.data.features import encode
+    from ocrmem.data.manifest import render_dataset
     from ocrmem.memory import tokens_per_page
 
     tok = AutoTokenizer.from_pretrained(s.model.base_llm_model_name)

@@ -3,12 +3,12 @@ import os
 
 import pytest
 
+from ocrmem.common.errors import ConfigError
 from ocrmem.data import manifest as D
 from ocrmem.data import sources as SRC
-from ocrmem.tasks import lookup as T
 from ocrmem.memory.render import line_height
-from ocrmem.common.errors import ConfigError
 from ocrmem.settings import Settings
+from ocrmem.tasks import lookup as T
 
 
 def _settings(tmp_path, workers=1, n_train=6, n_eval=3, **data):

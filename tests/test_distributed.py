@@ -24,9 +24,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
-
 from conftest import tiny_settings_dict
+from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -39,8 +38,8 @@ DS_PROBE = ("test.c", "test.o", "stderr.txt")
 @pytest.fixture(scope="module")
 def data(tiny_models, tmp_path_factory):
     """Pages and features made once; every run trains on them in its own directory."""
-    from ocrmem.data.manifest import render_dataset
     from ocrmem.data.features import encode
+    from ocrmem.data.manifest import render_dataset
     from ocrmem.settings import Settings
 
     root = tmp_path_factory.mktemp("dist")

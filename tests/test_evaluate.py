@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from ocrmem.data.manifest import read_manifest, render_dataset
+from ocrmem.data.sources import Example
 from ocrmem.evaluation import conditions, runner
 from ocrmem.evaluation import evaluate as E
 from ocrmem.evaluation import scoring as S
-from ocrmem.data.manifest import read_manifest, render_dataset
-from ocrmem.data.sources import Example
-from ocrmem.tasks.lookup import make_synthetic
 from ocrmem.settings import CONDITIONS, Settings
+from ocrmem.tasks.lookup import make_synthetic
 
 LONG = " ".join(f"Fact {i}: the code word for item {i} is word{i}." for i in range(60))  # ~3000 chars: cut
 

@@ -158,8 +158,8 @@ def _swap_first_pages(s) -> Path:
 
 
 def test_encode_refuses_a_page_changed_after_render(make_settings):
-    from ocrmem.data.manifest import render_dataset
     from ocrmem.data.features import build_cache
+    from ocrmem.data.manifest import render_dataset
 
     s = make_settings()
     render_dataset(s, progress=False)
@@ -169,8 +169,8 @@ def test_encode_refuses_a_page_changed_after_render(make_settings):
 
 
 def test_render_redraws_a_page_changed_after_render(make_settings):
-    from ocrmem.data.manifest import render_dataset
     from ocrmem.common.io import sha256_file
+    from ocrmem.data.manifest import render_dataset
 
     s = make_settings()
     render_dataset(s, progress=False)

@@ -6,10 +6,9 @@ import json
 import pytest
 import torch
 
-from ocrmem.data.manifest import read_manifest
-from ocrmem.data.dataset import MemoryCollator, PixelPages
-from ocrmem.data.dataset import build_datasets
+from ocrmem.data.dataset import MemoryCollator, PixelPages, build_datasets
 from ocrmem.data.features import INDEX, CacheMismatchError, FeatureCache, build_cache, cache_fingerprint, encode
+from ocrmem.data.manifest import read_manifest
 from ocrmem.memory import OcrMemModel, build_encoder
 
 

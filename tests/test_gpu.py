@@ -5,8 +5,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from ocrmem.data.dataset import MemoryCollator, build_datasets
-from ocrmem.training.gradcheck import check_gradient_flow
 from ocrmem.memory import OcrMemModel
+from ocrmem.training.gradcheck import check_gradient_flow
 
 pytestmark = pytest.mark.gpu
 

@@ -9,8 +9,8 @@ from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader
 
 from ocrmem.data.dataset import MemoryCollator, build_datasets
-from ocrmem.training.gradcheck import check_gradient_flow
 from ocrmem.memory import OcrMemModel
+from ocrmem.training.gradcheck import check_gradient_flow
 
 
 @pytest.fixture

@@ -234,11 +234,13 @@ def test_pixel_lines_encoder_one_token_per_rendered_line():
 
 
 def test_pixel_lines_refuses_token_pool():
-    from ocrmem.common.errors import ConfigError  # noqa: F401
-    from ocrmem.settings import load_settings  # noqa: F401
     from pydantic import ValidationError
 
-    from ocrmem.settings import ModelSettings
+    from ocrmem.common.errors import ConfigError  # noqa: F401
+    from ocrmem.settings import (
+        ModelSettings,
+        load_settings,  # noqa: F401
+    )
 
     with pytest.raises(ValidationError, match="token_pool must be 1"):
         ModelSettings(encoder="pixel_lines", token_pool=2)

@@ -347,8 +347,9 @@ def test_train_uses_deepspeed_launcher_with_gpus(tiny_repo, monkeypatch):
 
 
 def test_retries_only_on_io_tasks_and_no_second_cache():
-    import flows.pipeline as fp
     from prefect.cache_policies import NO_CACHE
+
+    import flows.pipeline as fp
 
     retries = {name: fp.TASKS[name].retries for name in STAGES}
     assert retries == {"validate": 0, "standins": 0, "render": 2, "encode": 2, "gradcheck": 0, "train": 0, "baselines": 0,

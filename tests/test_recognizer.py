@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from ocrmem.memory.render import layout, render_pages
-from ocrmem.evaluation.scoring import char_precision
 import yaml
 
 from ocrmem.common.errors import ConfigError
+from ocrmem.evaluation.scoring import char_precision
 from ocrmem.memory.hub import check_model_paths
+from ocrmem.memory.render import layout, render_pages
 from ocrmem.settings import ModelSettings, RenderSettings, load_settings
 
 REC = {"encoder": "ppocr_rec", "ocr_model_name": "rapidocr:PP-OCRv6_rec_small", "token_pool": 16}
@@ -48,9 +47,9 @@ def test_features_do_not_depend_on_the_batch(encoder):
 
 
 def test_cached_features_equal_on_the_fly(pipeline):
-    from ocrmem.data.manifest import read_manifest
     from ocrmem.data.dataset import PixelPages
     from ocrmem.data.features import FeatureCache, cache_fingerprint
+    from ocrmem.data.manifest import read_manifest
     from ocrmem.memory import build_encoder
 
     s = pipeline(model=REC, render={"page_size": 256, "font_size": 16, "margin": 8},

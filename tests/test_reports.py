@@ -7,8 +7,8 @@ import pytest
 from conftest import StopAt
 
 from ocrmem.cli import main
-from ocrmem.memory import OcrMemModel
 from ocrmem.data.sources import read_text_corpus
+from ocrmem.memory import OcrMemModel
 from ocrmem.training.trainer import train
 
 

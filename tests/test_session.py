@@ -7,11 +7,10 @@ whose from-scratch reference is another model instance with its own, empty line 
 import pytest
 import torch
 
-from ocrmem.serving.memory_llm import MemoryLLM
 from ocrmem.memory.render import lines_per_page
 from ocrmem.serving.caches import all_lines, page_layout
+from ocrmem.serving.memory_llm import MemoryLLM
 from ocrmem.settings import Settings
-
 
 ENCODERS = {"pixel_lines": {"encoder": "pixel_lines", "ocr_model_name": "pixel_lines", "pixel_downsample": 2},
             "ppocr_rec": {"encoder": "ppocr_rec", "ocr_model_name": "rapidocr:PP-OCRv6_rec_small", "token_pool": 16},
@@ -89,9 +88,9 @@ def test_pages_are_line_chunks_and_appending_never_moves_a_full_page(model):
 def test_training_and_serving_lay_out_a_long_history_the_same_way(model, tmp_path, extra):
     """The render stage's pages of a history past the page budget (what the adapter trains on) are the
     pages MemoryLLM puts in its memory for the same history: same pixels, same cut."""
+    from ocrmem.common.io import load_png
     from ocrmem.data.manifest import read_manifest, render_dataset
     from ocrmem.data.sources import Example
-    from ocrmem.common.io import load_png
 
     history = _facts(0, 160) + extra + _facts(160, 171)
     s = model.settings.model_copy(update={"data": model.settings.data.model_copy(update={"out_dir": str(tmp_path)})})

@@ -15,8 +15,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from ocrmem.training.gradcheck import GradientFlowError
 from ocrmem.memory import OcrMemModel
+from ocrmem.training.gradcheck import GradientFlowError
 from ocrmem.training.trainer import NonFiniteLossError, OcrMemTrainer, train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -57,8 +57,8 @@ def test_empty_dataset_refused_at_render_naming_the_file(tmp_path, tiny_models, 
 
 
 def test_render_split_refuses_no_examples(make_settings):
-    from ocrmem.data.manifest import render_split
     from ocrmem.common.errors import UserError
+    from ocrmem.data.manifest import render_split
 
     with pytest.raises(UserError, match="'train' split has no examples"):
         render_split(make_settings(), "train", examples=[], progress=False)

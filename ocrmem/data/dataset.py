@@ -22,9 +22,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ocrmem.data.manifest import memory_text
-from ocrmem.memory.render import load_png
 from ocrmem.memory.prompt import PROMPTS, chat_prompt, clip_prompt, memory_prompt, pad_text, target_ids
+from ocrmem.memory.render import load_png
 from ocrmem.settings import OBJECTIVES, Settings
+
 
 def pick_objective(row: dict, mix: dict[str, float], seed: int, index: int) -> str:
     """Deterministic per (seed, index), so a resumed run sees the same targets as an uninterrupted one."""
@@ -130,8 +131,8 @@ class MemoryCollator:
 
 def build_datasets(settings: Settings, model, cached: bool | None = None):
     """(train, eval, pages_key) datasets over the rendered manifest, reading cached features if allowed."""
-    from ocrmem.data.manifest import read_manifest
     from ocrmem.data.features import FeatureCache, cache_fingerprint
+    from ocrmem.data.manifest import read_manifest
 
     if cached is None:
         cached = settings.train.use_feature_cache and model.encoder.frozen

@@ -18,14 +18,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from ocrmem.data.manifest import read_manifest
 from ocrmem.common.errors import UserError, UserFileNotFoundError
 from ocrmem.common.faults import fault_point
 from ocrmem.common.io import atomic_path, write_json
-from ocrmem.memory.render import load_png
-from ocrmem.memory.encoder import DTYPES, FrozenEncoder, build_encoder
-from ocrmem.settings import Settings
+from ocrmem.data.manifest import read_manifest
 from ocrmem.data.sources import SPLITS
+from ocrmem.memory.encoder import DTYPES, FrozenEncoder, build_encoder
+from ocrmem.memory.render import load_png
+from ocrmem.settings import Settings
 
 INDEX = "index.json"
 

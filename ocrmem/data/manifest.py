@@ -27,15 +27,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Iterable, Sequence, TypedDict
 
-from ocrmem.memory import render as R
-from ocrmem.common.errors import UserError, UserFileNotFoundError
+from ocrmem.common.errors import ConfigError, UserError, UserFileNotFoundError
 from ocrmem.common.faults import fault_point
 from ocrmem.common.io import fmt, jsonl, sha256_file, write_json, write_jsonl, write_text
-from ocrmem.common.errors import ConfigError
-from ocrmem.settings import RenderSettings, Settings
-from ocrmem.data.sources import SPLITS, Example, read_jsonl, read_text_corpus, unique_ids
 from ocrmem.common.stats import split_stats, total_stats
+from ocrmem.data.sources import SPLITS, Example, read_jsonl, read_text_corpus, unique_ids
+from ocrmem.memory import render as R
+from ocrmem.settings import RenderSettings, Settings
 from ocrmem.tasks.lookup import make_synthetic
+
 
 class ManifestRow(TypedDict):
     """One example of a rendered split: a line of manifest.jsonl."""

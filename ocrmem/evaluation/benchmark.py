@@ -32,10 +32,10 @@ from pathlib import Path
 
 from ocrmem.common.errors import UserError
 from ocrmem.common.io import write_json, write_jsonl
-from ocrmem.tasks.haystack import LANGS
-from ocrmem.tasks.needles import KINDS, make_needle_examples
 from ocrmem.settings import BENCH_POINTS as POINTS
 from ocrmem.settings import CONDITIONS, Settings
+from ocrmem.tasks.haystack import LANGS
+from ocrmem.tasks.needles import KINDS, make_needle_examples
 
 
 @dataclass
@@ -167,8 +167,8 @@ def run_point(model, settings: Settings, point: str, spec: BenchSpec, conditions
               progress: bool = True) -> tuple[list[dict], dict]:
     """One compression point: render its grid, run every condition through evaluate's machinery;
     returns (per-example records, the point's facts)."""
-    from ocrmem.evaluation.conditions import with_budgets
     from ocrmem.data.dataset import PixelPages
+    from ocrmem.evaluation.conditions import with_budgets
     from ocrmem.evaluation.runner import condition_inputs, example_figures, example_record, run_conditions
     from ocrmem.memory.encoder import build_encoder
 
@@ -202,8 +202,8 @@ def benchmark(settings: Settings, size: str | None = None, adapter_dir: str | Pa
     benchmark.points) of the chosen size's grid (default benchmark.size; fields overridable: kinds,
     langs, pages, depths, samples, conditions, batch_size, seed). Saves each point's results, then
     (report=True) writes metrics/benchmark.json, its CSVs and PNGs and returns the metrics."""
-    from ocrmem.evaluation.runner import load_adapter_model
     from ocrmem.common.tracking import check_key
+    from ocrmem.evaluation.runner import load_adapter_model
 
     size = size or settings.benchmark.size
     spec = resolve_spec(size, points or settings.benchmark.points, **overrides)

@@ -45,8 +45,15 @@ from ocrmem.common.io import write_csv, write_json, write_jsonl
 from ocrmem.common.tracking import DummyRun, check_key, start_run
 from ocrmem.evaluation.conditions import TRAINED_TEXT, load_soft_prompt, with_budgets
 from ocrmem.evaluation.report import eval_report, log_run, plot
-from ocrmem.evaluation.runner import (ExampleFigures, condition_inputs, example_figures, example_record,
-                                      load_adapter_model, memory_pages, run_conditions)
+from ocrmem.evaluation.runner import (
+    ExampleFigures,
+    condition_inputs,
+    example_figures,
+    example_record,
+    load_adapter_model,
+    memory_pages,
+    run_conditions,
+)
 from ocrmem.evaluation.scoring import answer_loss, bucket_order, mean, rounded
 from ocrmem.settings import CONDITIONS, Settings
 

@@ -22,8 +22,14 @@ import torch
 from ocrmem.common.errors import UserFileNotFoundError
 from ocrmem.data.dataset import CachedPages, PixelPages
 from ocrmem.data.manifest import memory_text
-from ocrmem.evaluation.conditions import (CondInput, build_condition_input, collate, history_ids, memory_budget,
-                                         recent_tokens)
+from ocrmem.evaluation.conditions import (
+    CondInput,
+    build_condition_input,
+    collate,
+    history_ids,
+    memory_budget,
+    recent_tokens,
+)
 from ocrmem.evaluation.scoring import bucket_of, char_precision, contains, exact_match, rounded
 from ocrmem.memory.prompt import PROMPTS
 from ocrmem.settings import Settings

@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from ocrmem.common.errors import UserError
-
 from ocrmem.memory.registry import PROJECTORS, lookup
 
 

@@ -27,7 +27,6 @@ from pathlib import Path
 from PIL import Image, ImageColor, ImageDraw, ImageFont
 
 from ocrmem.common.errors import UserError
-
 from ocrmem.common.io import load_png, png_bytes, save_png  # noqa: F401 (page PNGs: written and checked in io.py)
 from ocrmem.settings import RenderSettings
 

@@ -32,8 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ocrmem.memory.render import (clean_line, draw_page, hard_lines, keep_recent, load_font,
-                                  page_chunks, wrap_hard_line)
+from ocrmem.memory.render import clean_line, draw_page, hard_lines, keep_recent, load_font, page_chunks, wrap_hard_line
 
 
 @dataclass

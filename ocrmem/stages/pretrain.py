@@ -2,8 +2,9 @@
 
     ocrmem pretrain [--params params.yaml]      # ocrmem.training.pretrain.pretrain
 
-Hours on a 2-core CPU, minutes on a GPU (`bash bench/gpu_pretrain.sh OUT_DIR`); resumable. Not a dvc.yaml stage yet: it becomes a frozen one
-(the default `dvc repro` using the reader as committed) once a reader that reads is committed.
+Hours on a 2-core CPU, minutes on a GPU (`bash bench/gpu_pretrain.sh OUT_DIR`); resumable. Not a dvc.yaml
+stage yet: it becomes a frozen one (the default `dvc repro` using the reader as committed) once a reader
+that reads is committed.
 """
 
 from __future__ import annotations

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
 CHUNK = 64  # lines read back by the CTC head at once (~460 MB of logits)
 
 

@@ -16,16 +16,23 @@ on one side only (issue 10). `ocrmem evaluate` loads the vectors and scores both
 
 from __future__ import annotations
 
-
 from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
-from ocrmem.evaluation.conditions import TRAINED_TEXT, baselines_dir, history_ids, recent_tokens, soft_prompt_path, with_budgets
-from ocrmem.memory.prompt import clip_prompt, memory_prompt, target_ids
-from ocrmem.data.dataset import MemoryCollator
 from ocrmem.common.io import write_json
-from ocrmem.settings import Settings
 from ocrmem.common.tracking import print0
+from ocrmem.data.dataset import MemoryCollator
+from ocrmem.evaluation.conditions import (
+    TRAINED_TEXT,
+    baselines_dir,
+    history_ids,
+    recent_tokens,
+    soft_prompt_path,
+    with_budgets,
+)
+from ocrmem.memory.prompt import clip_prompt, memory_prompt, target_ids
+from ocrmem.settings import Settings
+
 
 def text_memory_ids(tokenizer, row: dict, condition: str) -> list[int]:
     """The history tokens a text condition reads: all of them, or the most recent `memory_tokens`."""

@@ -27,16 +27,16 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer import SCHEDULER_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints, sort_checkpoints
 
-from ocrmem.training.align import align
-from ocrmem.training.patches import resume_without_frozen, state_without_frozen
-from ocrmem.data.dataset import TrainingInputs, first_batch, training_inputs
 from ocrmem.common.card import write_model_card
 from ocrmem.common.faults import fault_point
-from ocrmem.training.gradcheck import GradientFlowError, check_gradient_flow
 from ocrmem.common.io import write_json
+from ocrmem.common.tracking import print0, trainer_report_to
+from ocrmem.data.dataset import TrainingInputs, first_batch, training_inputs
 from ocrmem.memory.model import ADAPTER_WEIGHTS, OcrMemModel, read_adapter
 from ocrmem.settings import OBJECTIVES, Settings
-from ocrmem.common.tracking import print0, trainer_report_to
+from ocrmem.training.align import align
+from ocrmem.training.gradcheck import GradientFlowError, check_gradient_flow
+from ocrmem.training.patches import resume_without_frozen, state_without_frozen
 
 
 class NonFiniteLossError(RuntimeError):
