@@ -9,17 +9,7 @@
 # WHEELS_DIR: as bench/gpu_recipes.sh (what the machine's image lacks, and PP-OCRv6_rec_small.onnx). The run:
 # SmolLM2-135M (ocrmem standins), the default render and recognizer, 8,192 reading texts of up to 1,400
 # characters (two pages), 2,000 reconstruction steps of batch 32, 64 held-out texts read back at fs24/fs20/fs16.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-out=${1:?OUT_DIR}
-wheels=${2:-}
-mkdir -p "$out"
-export PYTHONUNBUFFERED=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
-if [ -n "$wheels" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$wheels"/*.whl
-  export PYTHONPATH=/tmp/site:$PWD
-  export OCRMEM_MODEL__OCR_MODEL_NAME="$PWD/$wheels/PP-OCRv6_rec_small.onnx"
-fi
+source "$(dirname "$0")/gpu_env.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no nvidia-smi: CPU run"
 python3 -m ocrmem.cli standins --out models
 export OCRMEM_MODEL__PROJECTOR=${PROJECTOR:-mlp2x_gelu} OCRMEM_MODEL__TOKEN_POOL=${TOKEN_POOL:-16}

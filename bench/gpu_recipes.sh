@@ -9,16 +9,8 @@
 # The run: SmolLM2-135M exported from the GGUF (ocrmem standins), 2048 training and 128 held-out
 # `lookup` sheets, batch 32, the default lr and alignment; 800 steps per recipe and per text baseline,
 # a learning-curve point every 200; the Fox table at token_pool 8/16/32 with 400 reconstruction steps.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-out=${1:?OUT_DIR}
-wheels=${2:-}
-mkdir -p "$out"
-export PYTHONUNBUFFERED=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
+source "$(dirname "$0")/gpu_env.sh"
 if [ -n "$wheels" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$wheels"/*.whl
-  export PYTHONPATH=/tmp/site:$PWD
-  export OCRMEM_MODEL__OCR_MODEL_NAME="$PWD/$wheels/PP-OCRv6_rec_small.onnx"
   # The machine has no Noto CJK wheel; the lookup task is Latin: matplotlib's DejaVu Sans draws it.
   OCRMEM_RENDER__FONT_PATH=$(python3 -c "import matplotlib, os; print(os.path.join(os.path.dirname(matplotlib.__file__), 'mpl-data/fonts/ttf/DejaVuSans.ttf'))")
   export OCRMEM_RENDER__FONT_PATH
