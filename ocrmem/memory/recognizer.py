@@ -12,7 +12,7 @@ beside the CTC posteriors (kept for `read_lines`, which proves the encoder reads
 torch, because the encoder is frozen and its features are cached, so it never needs autograd, and
 it ran 2.5x faster on the CPU than an onnx2torch conversion. So `encoder_frozen: false` is refused.
 
-Speed (issue 24, docs/performance.md "Ingest speed"): the memory runs a graph cut at the features
+Speed (docs/performance.md "Ingest speed"): the memory runs a graph cut at the features
 (no CTC head: 18,710 classes a frame); `read_lines` builds the full graph, the alignment applies the
 CTC head's weights to cached neck features. With `model.recognizer_ink_width` a line's strip is cut
 to the smallest width bucket (multiples of 128 px and of a memory token's frames) holding its ink
