@@ -42,7 +42,8 @@ def parser() -> argparse.ArgumentParser:
         if mod.SETTINGS != "none":
             sp.add_argument("--params", default=os.environ.get("OCRMEM_PARAMS", "params.yaml"),
                             help="params file (default params.yaml)")
-        mod.add_arguments(sp)
+        if hasattr(mod, "add_arguments"):  # a stage with arguments of its own
+            mod.add_arguments(sp)
         sp.set_defaults(run=mod.run, settings=mod.SETTINGS)
     return p
 

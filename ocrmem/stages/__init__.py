@@ -3,8 +3,8 @@ into the library). `STAGES` is the one list: the CLI's subcommands, dvc.yaml's s
 order), the Prefect flow's tasks and the tests all derive from it.
 
 A stage module defines `HELP` (one line), `SETTINGS` ("none", "load", or "models": load and check that
-the local model paths exist), `add_arguments(parser)` and `run(args, settings) -> exit status`;
-a pipeline stage also names the metrics file it writes (`METRICS`, or None).
+the local model paths exist), `run(args, settings) -> exit status`, and `add_arguments(parser)` when it
+takes arguments of its own; a pipeline stage also names the metrics file it writes (`METRICS`, or None).
 """
 
 from __future__ import annotations

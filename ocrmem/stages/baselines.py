@@ -10,10 +10,6 @@ SETTINGS = "models"
 METRICS = "metrics/baselines.json"
 
 
-def add_arguments(p) -> None:
-    pass
-
-
 def run(args, s) -> int:
     from ocrmem.training.baselines import baselines
 

@@ -11,10 +11,6 @@ SETTINGS = "models"
 METRICS = "metrics/gradcheck.json"
 
 
-def add_arguments(p) -> None:
-    pass
-
-
 def run(args, s) -> int:
     from ocrmem.training.gradcheck import gradcheck
 

@@ -36,5 +36,6 @@ def run(args, s: None) -> int:
     print(coverage(history, readings, cut))
     if args.score:
         weighted = sum(r.precision * len(r.text) for r in readings) / max(1, sum(len(r.text) for r in readings))
-        print(f"precision: {weighted:.3f} over its characters (per page: mean {mean([r.precision for r in readings]):.3f})")
+        per_page = mean([r.precision for r in readings])
+        print(f"precision: {weighted:.3f} over its characters (per page: mean {per_page:.3f})")
     return 0

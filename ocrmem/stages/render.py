@@ -10,10 +10,6 @@ SETTINGS = "models"
 METRICS = None
 
 
-def add_arguments(p) -> None:
-    pass
-
-
 def run(args, s) -> int:
     from ocrmem.data.manifest import render
 
