@@ -165,3 +165,29 @@ def test_deepspeed_trains_and_saves_projector(pipeline, tmp_path, stage, port):
     assert any(not torch.equal(saved[k], trained[k].detach()) for k in saved)  # it learned something
     metrics = json.loads((tmp_path / "metrics/train.json").read_text())
     assert metrics["steps"] == 3
+
+
+@pytest.mark.parametrize("part", ["optimizer.pt", "adapter.safetensors"])
+def test_a_full_disk_mid_checkpoint_leaves_nothing_that_reads_as_complete(pipeline, monkeypatch, part):
+    """The Trainer's own files (optimizer.pt via torch.save) and ours (the adapter, atomic) alike: one
+    DiskFullError naming the checkpoint, no checkpoint-N and no torn .partial- directory left."""
+    from ocrmem.common.errors import DiskFullError
+    from ocrmem.common.io import ENOSPC_AT
+
+    s = pipeline(train={"max_steps": 2, "save_steps": 1})
+    save = torch.save
+
+    def full_disk(obj, f, *a, **kw):
+        if str(f).endswith("optimizer.pt"):
+            with open(f, "wb") as out:  # a torn write, as a full disk leaves it
+                out.write(b"\0" * 100)
+            raise OSError(28, "No space left on device", str(f))
+        return save(obj, f, *a, **kw)
+
+    if part == "optimizer.pt":
+        monkeypatch.setattr(torch, "save", full_disk)
+    else:
+        monkeypatch.setenv(ENOSPC_AT, "checkpoint-1")
+    with pytest.raises(DiskFullError, match=r"checkpoint-1.*: no space left on the device"):
+        train(s, metrics_path=None)
+    assert sorted(p.name for p in Path(s.train.output_dir).iterdir() if "checkpoint" in p.name) == []

@@ -28,8 +28,9 @@ from transformers.trainer import SCHEDULER_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints, sort_checkpoints
 
 from ocrmem.common.card import write_model_card
+from ocrmem.common.errors import DiskFullError
 from ocrmem.common.faults import fault_point
-from ocrmem.common.io import write_json
+from ocrmem.common.io import FULL_DISK, disk_full, write_json
 from ocrmem.common.tracking import print0, trainer_report_to
 from ocrmem.data.dataset import TrainingInputs, first_batch, training_inputs
 from ocrmem.memory.model import ADAPTER_WEIGHTS, OcrMemModel, read_adapter
@@ -156,6 +157,13 @@ class OcrMemTrainer(Trainer):
         self._partial_root = os.path.join(run_dir, PARTIAL + name)
         try:
             super()._save_checkpoint(model, trial)
+        except OSError as e:  # a full disk mid-checkpoint: nothing torn is kept, one line names it
+            if e.errno not in FULL_DISK and not isinstance(e, DiskFullError):
+                raise
+            torn = Path(self._partial_root)
+            written = sum(f.stat().st_size for f in torn.rglob("*") if f.is_file())
+            shutil.rmtree(torn, ignore_errors=True)
+            raise (e if isinstance(e, DiskFullError) else disk_full(Path(run_dir) / name, None, written)) from None
         finally:
             self._partial_root = None
         self.accelerator.wait_for_everyone()  # every rank's shards are in before the rename
