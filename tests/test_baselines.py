@@ -29,9 +29,14 @@ def test_text_baselines_train_only_their_soft_prompt_and_are_evaluated(pipeline,
     figures = baselines(s)
     assert figures["conditions"] == ["truncated_text_trained", "full_text_trained"]
     train(s, metrics_path=None)
+    assert "Not evaluated yet" in (s.adapter_dir / "README.md").read_text()
     metrics = evaluate(s, progress=False)
     for c in CONDS:
         assert f"{c}.exact_match" in metrics
+    card = (s.adapter_dir / "README.md").read_text()  # evaluate filled the run's own adapter's card
+    assert "Not evaluated yet" not in card and card.count("## Evaluation") == 1
+    for c in CONDS:
+        assert f"| {c} | {metrics[f'{c}.exact_match']:.2f} |" in card
 
 
 def test_soft_prompt_starts_the_same_whatever_the_encoder(make_settings):

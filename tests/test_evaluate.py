@@ -259,3 +259,25 @@ def test_memory_llm_answers_a_long_history(eval_pipeline, tmp_path):
     assert [len(x.pages) for x in many] == [2, 1, 1] and many[0].cut_chars > 0 and many[1].cut_chars == 0
     with pytest.raises(ValueError):
         llm.answer_batch(["a"], ["q1", "q2"])
+
+
+def test_sign_test_matches_the_binomial_tails():
+    from ocrmem.evaluation.scoring import sign_test
+
+    assert sign_test(10, 0) == sign_test(0, 10) == 2 / 1024
+    assert sign_test(8, 2) == 2 * (1 + 10 + 45) / 1024
+    assert sign_test(5, 5) == 1.0 and sign_test(0, 0) == 1.0
+
+
+def test_ocr_memory_is_paired_with_trained_truncated_text_on_the_cut_questions_only():
+    def ex(cut, ocr, trunc, skipped=False):
+        return {"answer_cut": cut, "conditions": {"ocr_memory": {"correct": ocr, "skipped": skipped},
+                                                  "truncated_text_trained": {"correct": trunc, "skipped": False}}}
+
+    examples = [ex(True, True, False)] * 9 + [ex(True, False, True), ex(True, True, True), ex(True, True, False, True),
+                                             ex(False, False, True), ex(False, False, True)]
+    got = E._paired_on_cut(examples, "ocr_memory", "truncated_text_trained")
+    key = "ocr_memory.vs_truncated_text_trained.answer_cut"
+    assert (got[f"{key}.wins"], got[f"{key}.losses"]) == (9, 1)
+    assert got[f"{key}.sign_test_p"] == round(2 * 11 / 1024, 6)
+    assert E._paired_on_cut([ex(False, True, False)], "ocr_memory", "truncated_text_trained") == {}

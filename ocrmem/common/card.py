@@ -4,10 +4,10 @@ training data, steps, time and losses, and how to load it.
 
     write_model_card(adapter_dir, settings.model_dump(), figures)   # figures: metrics/train.json + counts
 
-Plain dicts in, Markdown out (this layer knows no settings class). The evaluate stage's figures are not
-in the card train writes: evaluate runs after train and never writes into train's output. To hand an
-adapter on with them, `export_adapter(adapter_dir, new_dir, eval_metrics)` copies it and fills the card's
-Evaluation section in the copy.
+Plain dicts in, Markdown out (this layer knows no settings class). Train writes the card with an empty
+Evaluation section; the evaluate stage, run on the run's own adapter, fills it with metrics/eval.json's
+figures (`fill_evaluation`; in dvc.yaml the card is evaluate's output, the tensors train's).
+`export_adapter(adapter_dir, new_dir, eval_metrics)` copies an adapter to hand on, with the figures.
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ from ocrmem.common.errors import UserError
 from ocrmem.common.io import disk_full, fmt, write_json, write_text
 
 ADAPTER_FILES = ("adapter.safetensors", "adapter_config.json", "README.md")  # what travels (no training_args.bin)
-NO_EVAL = ("Not in this card: `ocrmem evaluate` (run after training) writes exact match, answer loss, compression "
-           "and the text baselines to the project's `metrics/eval.json`; it does not write into the adapter. "
-           "`ocrmem.common.card.export_adapter(adapter, new_dir, metrics)` copies the adapter with them here.")
+NO_EVAL = ("Not evaluated yet: `ocrmem evaluate` (run after training, and by `dvc repro`) fills this section with "
+           "exact match, answer loss, compression and the text baselines at the same budget.")
 
 CODE_LICENCE = "Apache-2.0"
 # (substring of the model name, what it is, its licence): the parts this project ships or documents
@@ -153,6 +152,14 @@ def with_evaluation(card: str, metrics: dict) -> str:
         return card.rstrip("\n") + "\n\n## Evaluation\n\n" + body
     nxt = rest.find("\n## ")
     return head + sep + "\n" + body + (rest[nxt:] if nxt >= 0 else "")
+
+
+def fill_evaluation(adapter_dir: str | Path, metrics: dict) -> Path:
+    """The adapter's card with its Evaluation section holding `metrics` (rewritten atomically); returns its path."""
+    path = Path(adapter_dir) / "README.md"
+    card = path.read_text(encoding="utf-8") if path.is_file() else "# OCR-MEM adapter\n"
+    write_text(path, with_evaluation(card, metrics))
+    return path
 
 
 def export_adapter(src: str | Path, dst: str | Path, metrics: dict) -> Path:

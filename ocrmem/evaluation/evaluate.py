@@ -24,10 +24,13 @@ Per condition: teacher-forced target loss (token mean) and perplexity, and greed
 and exact match on the questions whose answer the budget-truncated text cut (`answer_cut`).
 Per example: compression = text tokens on the pages / memory tokens (DeepSeek-OCR's Fox figure)
 and ocr_memory accuracy by compression bucket. Optional `eval.reconstruction_probe`: the model is
-asked to repeat the memory text; character precision 1 - levenshtein / len(source) by bucket.
+asked to repeat its memory, character precision 1 - levenshtein / len(source): on held-out real prose
+drawn as the run draws its pages (`reconstruction.precision`, English; `reconstruction.prose_zh.*`;
+documents the stage-1 reader never saw) and on the eval examples' own pages (by bucket).
 
 Outputs (relative to `out_dir`, the repo root by default):
     metrics/eval.json              flat numeric keys for `dvc metrics show/diff`
+    <adapter>/README.md            the run's own adapter's model card: its Evaluation section
     metrics/eval_examples.jsonl    per example: ids, token counts, each condition's prediction
     plots/eval_conditions.csv      condition, exact_match, contains, loss, perplexity, n
     plots/accuracy_vs_compression.csv   bucket, compression, exact_match, n
@@ -40,10 +43,12 @@ import math
 import time
 from pathlib import Path
 
+from ocrmem.common.card import fill_evaluation
 from ocrmem.common.errors import UserError
 from ocrmem.common.io import write_csv, write_json, write_jsonl
 from ocrmem.common.tracking import DummyRun, check_key, start_run
 from ocrmem.evaluation.conditions import TRAINED_TEXT, load_soft_prompt, with_budgets
+from ocrmem.evaluation.reading import prose_probe
 from ocrmem.evaluation.report import eval_report, log_run, plot
 from ocrmem.evaluation.runner import (
     ExampleFigures,
@@ -54,7 +59,7 @@ from ocrmem.evaluation.runner import (
     memory_pages,
     run_conditions,
 )
-from ocrmem.evaluation.scoring import answer_loss, bucket_order, mean, rounded
+from ocrmem.evaluation.scoring import answer_loss, bucket_order, mean, rounded, sign_test
 from ocrmem.settings import CONDITIONS, Settings
 
 TABLE_KEYS = ("exact_match", "contains", "loss", "perplexity", "n", "memory_tokens", "text_memory_tokens", "seconds")
@@ -88,7 +93,21 @@ def _condition_metrics(examples, inputs, results, seconds, f: ExampleFigures) ->
         if c == "truncated_text":
             matched = [len(inputs[c][i].text_memory_ids) == f.mem_tok[i] for i in range(len(examples))]
             metrics["truncated_text.budget_matched"] = rounded(sum(matched) / len(examples), 4)
+    metrics.update(_paired_on_cut(examples, "ocr_memory", "truncated_text_trained"))
     return metrics, table
+
+
+def _paired_on_cut(examples: list[dict], a: str, b: str) -> dict:
+    """`a` against `b` on the questions whose answer the truncated text cut, pair by pair: wins, losses
+    and the sign test's p (does `a` read what the budget's text lost, beyond chance?)."""
+    pairs = [(e["conditions"][a], e["conditions"][b]) for e in examples
+             if e["answer_cut"] and a in e["conditions"] and b in e["conditions"]]
+    pairs = [(x["correct"], y["correct"]) for x, y in pairs if not (x["skipped"] or y["skipped"])]
+    if not pairs:
+        return {}
+    wins, losses = sum(x and not y for x, y in pairs), sum(y and not x for x, y in pairs)
+    key = f"{a}.vs_{b}.answer_cut"
+    return {f"{key}.wins": wins, f"{key}.losses": losses, f"{key}.sign_test_p": rounded(sign_test(wins, losses), 6)}
 
 
 def _compression_metrics(rows: list[dict], f: ExampleFigures, mtpp: int) -> dict:
@@ -158,6 +177,7 @@ def evaluate(settings: Settings, adapter_dir: str | Path | None = None, model=No
     under `out_dir`, logs to WandB when tracking is on; returns the metrics."""
     t_start = time.perf_counter()
     check_key(settings)  # first: a missing WandB key stops before anything loads
+    own_adapter = model is None and adapter_dir is None
     model = (model if model is not None else load_adapter_model(settings, adapter_dir)).eval()
     tok, mtpp = model.tokenizer, model.memory_tokens_per_page
     rows = _eval_rows(settings)
@@ -178,11 +198,16 @@ def evaluate(settings: Settings, adapter_dir: str | Path | None = None, model=No
         metrics["ocr_memory.from_cache"] = int(source == "features")
     buckets = _bucket_rows(examples, "ocr_memory" in conditions, recon_preds is not None, metrics)
     if recon_preds is not None:
-        metrics["reconstruction.precision"] = rounded(mean([e["reconstruction"]["precision"] for e in examples]), 4)
-        metrics["reconstruction.seconds"] = round(seconds["reconstruction"], 2)
+        t0 = time.perf_counter()
+        metrics.update(prose_probe(model, settings, settings.eval.probe_examples, progress))
+        metrics["reconstruction.sheets.precision"] = rounded(mean([e["reconstruction"]["precision"]
+                                                                  for e in examples]), 4)
+        metrics["reconstruction.seconds"] = round(seconds["reconstruction"] + time.perf_counter() - t0, 2)
     metrics["seconds.total"] = round(time.perf_counter() - t_start, 2)
     metrics = _finite(metrics)
     figure = _write(Path(out_dir), metrics, examples, table, buckets, recon_preds is not None)
+    if own_adapter:  # its card's Evaluation section holds this run's figures
+        fill_evaluation(settings.adapter_dir, metrics)
     print(eval_report(table, buckets, metrics, source))
     print(f"\nresults: {Path(out_dir) / 'metrics/eval.json'} (dvc metrics show), plots/ (dvc plots show), per-example "
           f"answers in metrics/eval_examples.jsonl; adapter: {adapter_dir or settings.adapter_dir} "

@@ -11,6 +11,7 @@ pages over the memory tokens they cost, summed over the row's examples.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from ocrmem.data.dataset import PixelPages
@@ -20,6 +21,8 @@ from ocrmem.evaluation.conditions import with_budgets
 from ocrmem.evaluation.runner import condition_inputs, example_figures, run_conditions
 from ocrmem.evaluation.scoring import char_precision, mean, rounded
 from ocrmem.settings import BENCH_POINTS, Settings
+
+PROBE_KINDS = ("prose_en", "prose_zh")  # evaluate's reconstruction probe: held-out real prose
 
 
 def point_settings(settings: Settings, point: str, out_dir: str | Path) -> Settings:
@@ -32,9 +35,18 @@ def point_settings(settings: Settings, point: str, out_dir: str | Path) -> Setti
 
 def read_back(model, ps: Settings, examples: list[Example], progress: bool = True) -> list[dict]:
     """Each held-out example drawn under `ps` and read back: (kind, precision, text and memory tokens)."""
-    from ocrmem.memory.encoder import build_encoder, tokens_per_line, tokens_per_page
+    from ocrmem.memory.encoder import build_encoder
 
-    model.encoder = build_encoder(model.settings.model, ps.render)  # the line grid of this point's pages
+    encoder, model.encoder = model.encoder, build_encoder(model.settings.model, ps.render)  # this point's grid
+    try:
+        return _read_back(model, ps, examples, progress)
+    finally:
+        model.encoder = encoder
+
+
+def _read_back(model, ps: Settings, examples: list[Example], progress: bool) -> list[dict]:
+    from ocrmem.memory.encoder import tokens_per_line, tokens_per_page
+
     render_dataset(ps, ["eval"], tokenizer=model.tokenizer, tokens_per_page=tokens_per_page(ps),
                    tokens_per_line=tokens_per_line(ps), progress=False, examples={"eval": examples})
     rows = with_budgets(model, read_manifest(ps, "eval"))
@@ -51,19 +63,38 @@ def read_back(model, ps: Settings, examples: list[Example], progress: bool = Tru
 def reading_table(model, settings: Settings, examples: list[Example], points: list[str], out_dir: str | Path,
                   progress: bool = True) -> list[dict]:
     """One row per (text kind, point): precision (mean over examples), compression (measured), n."""
-    encoder, rows = model.encoder, []
-    try:
-        for point in points:
-            got = read_back(model, point_settings(settings, point, out_dir), examples, progress)
-            for kind in dict.fromkeys(g["kind"] for g in got):
-                mine = [g for g in got if g["kind"] == kind]
-                rows.append({"text_kind": kind, "point": point, "projector": settings.model.projector,
-                             "compression": rounded(sum(g["text_tokens"] for g in mine)
-                                                    / max(1, sum(g["memory_tokens"] for g in mine)), 3),
-                             "precision": rounded(mean([g["precision"] for g in mine]), 4), "n": len(mine)})
-    finally:
-        model.encoder = encoder
+    rows = []
+    for point in points:
+        got = read_back(model, point_settings(settings, point, out_dir), examples, progress)
+        for kind in dict.fromkeys(g["kind"] for g in got):
+            rows.append({"text_kind": kind, "point": point, "projector": settings.model.projector,
+                         **kind_figures(got, kind)})
     return rows
+
+
+def kind_figures(got: list[dict], kind: str) -> dict:
+    """Precision (mean over the kind's examples), compression (text over memory tokens, summed) and n."""
+    mine = [g for g in got if g["kind"] == kind]
+    return {"compression": rounded(sum(g["text_tokens"] for g in mine) / max(1, sum(g["memory_tokens"] for g in mine)), 3),
+            "precision": rounded(mean([g["precision"] for g in mine]), 4), "n": len(mine)}
+
+
+def prose_probe(model, settings: Settings, n: int, progress: bool = True) -> dict:
+    """Held-out prose (whole documents that pretraining never saw) drawn as this run draws its memory and
+    read back: eval.json's reconstruction precision and compression, English first, Chinese beside it."""
+    from ocrmem.tasks.reading import make_reading_examples
+
+    p = settings.pretrain
+    examples = make_reading_examples("eval", n, p.n_chars, p.seed, PROBE_KINDS)
+    with tempfile.TemporaryDirectory(prefix="ocrmem-probe-") as tmp:
+        ps = settings.model_copy(update={"data": settings.data.model_copy(update={"out_dir": tmp}),
+                                         "eval": settings.eval.model_copy(update={"reconstruction_probe": True})})
+        got = read_back(model, ps, examples, progress)
+    out = {}
+    for kind in PROBE_KINDS:
+        key = "reconstruction" if kind == "prose_en" else f"reconstruction.{kind}"
+        out.update({f"{key}.{k}": v for k, v in kind_figures(got, kind).items()})
+    return out
 
 
 def format_table(rows: list[dict]) -> str:

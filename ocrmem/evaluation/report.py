@@ -57,6 +57,16 @@ def eval_report(table: list[dict], buckets: list[dict], m: dict, source: str | N
     if cut:
         lines.append(f"exact match on the {m['answer_cut.n']} questions whose answer the truncated text cut: "
                      + ", ".join(f"{c} {fmt(v)}" for c, v in cut.items()))
+    if "reconstruction.precision" in m:
+        lines.append(f"reads held-out prose back (reconstruction precision): English {fmt(m['reconstruction.precision'])} "
+                     f"at compression {fmt(m.get('reconstruction.compression'), 2)}, Chinese "
+                     f"{fmt(m.get('reconstruction.prose_zh.precision'))} at {fmt(m.get('reconstruction.prose_zh.compression'), 2)}"
+                     f"; the eval examples' own pages {fmt(m.get('reconstruction.sheets.precision'))}")
+    for k in (k for k in m if k.endswith(".answer_cut.sign_test_p")):
+        head = k.removesuffix(".sign_test_p")
+        a, b = head.removesuffix(".answer_cut").split(".vs_")
+        lines.append(f"{a} against {b} on those questions: {m[head + '.wins']} won, {m[head + '.losses']} lost "
+                     f"(sign test p = {m[k]:.2g})")
     if buckets:
         lines.append(f"{'bucket':<8}{'compression':>12}{'ocr exact':>11}{'n':>5}"
                      + (f"{'recon prec':>12}" if "reconstruction_precision" in buckets[0] else ""))

@@ -90,3 +90,13 @@ def answer_loss(losses: list[tuple[float, int]]) -> float | None:
     The one definition: evaluate's table and the benchmark's cells both use it."""
     ntok = sum(n for _, n in losses)
     return sum(x * n for x, n in losses) / ntok if ntok else None
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact sign test of paired outcomes (ties dropped): the chance of a split at least this
+    uneven between `wins` and `losses` if either side were equally likely to win each pair."""
+    n, k = wins + losses, min(wins, losses)
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
