@@ -74,7 +74,7 @@ class Curve(TrainerCallback):
     def add(self, step: int, m: dict, log_history: list[dict]) -> None:
         train_loss = [h["loss"] for h in log_history if "loss" in h]  # the last logged mean: overfitting shows
         self.points.append({"step": step, "exact_match": m["ocr_memory.exact_match"], "loss": m.get("ocr_memory.loss"),
-                            "reconstruction_precision": m["reconstruction.precision"],
+                            "reconstruction_precision": m["reconstruction.sheets.precision"],
                             "train_loss": train_loss[-1] if train_loss else None})
         print(f"  step {step}: {json.dumps(self.points[-1])}", flush=True)
 
@@ -101,7 +101,7 @@ def run_recipe(base, llm, tok, name: str, stages, steps: int, every: int, root: 
            "token_pool": s.model.token_pool, "train_seconds": round(seconds, 1), "curve": curve.points,
            "align_token_accuracy": figures.get("align_token_accuracy"),
            "compression_mean": final.get("compression.mean"),
-           "reconstruction_precision": final.get("reconstruction.precision"),
+           "reconstruction_precision": final.get("reconstruction.sheets.precision"),
            "conditions": {c: {k: final.get(f"{c}.{k}") for k in KEEP} for c in conditions}}
     print(json.dumps({k: out[k] for k in ("recipe", "token_pool", "train_seconds", "compression_mean",
                                           "reconstruction_precision", "conditions")}), flush=True)

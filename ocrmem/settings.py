@@ -214,9 +214,9 @@ class EvalSettings(Section):
     max_new_tokens: int = Field(8, gt=0, description="Greedy tokens generated per answer.")
     max_examples: int | None = Field(None, description="Evaluate at most this many eval examples (all if null).")
     reconstruction_probe: bool = Field(False, description=(
-        "Also ask the model to reproduce its memory: held-out real prose (reconstruction.precision) and the "
-        "eval examples' own pages (reconstruction.sheets.precision, by compression bucket)."))
-    probe_examples: int = Field(16, gt=0, description="Held-out prose texts the probe reads, English and Chinese in turn.")
+        "Also ask the model to reproduce the eval examples' own pages (reconstruction.sheets.precision)."))
+    probe_examples: int = Field(16, ge=0, description=(
+        "Held-out English prose texts the model reproduces from memory (reconstruction.precision); 0: none."))
     full_text_max_tokens: int = Field(2048, gt=0, description="Skip full_text where history exceeds this.")
 
     @field_validator("conditions")

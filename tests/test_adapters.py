@@ -292,7 +292,7 @@ def test_an_exported_adapter_carries_the_evaluation_figures(tmp_path, tiny_model
     card = (out / "README.md").read_text()
     for want in ("48 held-out examples", "| ocr_memory | 0.08 | 1.93 | 18.0 OCR | 0.05 |",
                  "| full_text_trained | 0.19 | 1.60 | 37.7 text | - |", ("compression (history tokens per memory "
-                 "token): 2.090"), "reconstruction precision (characters read back): 0.940", "## How to load"):
+                 "token): 2.090"), "reconstruction precision (held-out English prose read back): 0.940", "## How to load"):
         assert want in card, want
     assert "Not in this card" not in card and sorted(p.name for p in out.iterdir()) == sorted(before)
     cfg = json.loads((out / "adapter_config.json").read_text())  # its path to the models, from where it is now

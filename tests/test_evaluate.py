@@ -221,7 +221,7 @@ def test_evaluate_subset_cache_and_probe(eval_pipeline, tmp_path):
         "conditions": ["ocr_memory", "no_memory"], "max_examples": 3, "reconstruction_probe": True})})
     pix = E.evaluate(s2, model=model, out_dir=tmp_path / "pix", progress=False)
     assert pix["n_examples"] == 3 and "full_text.loss" not in pix and "truncated_text.loss" not in pix
-    assert 0 <= pix["reconstruction.precision"] <= 1
+    assert 0 <= pix["reconstruction.precision"] <= 1 and 0 <= pix["reconstruction.sheets.precision"] <= 1
     assert any(k.startswith("reconstruction.bucket.") for k in pix)
     ex = [json.loads(x) for x in (tmp_path / "pix/metrics/eval_examples.jsonl").read_text().splitlines()]
     assert all(isinstance(e["reconstruction"]["prediction"], str) for e in ex)

@@ -140,7 +140,7 @@ def evaluation_lines(metrics: dict) -> list[str]:
         out.append(f"| {c} | {fmt(metrics.get(f'{c}.exact_match'), 2)} | {fmt(metrics.get(f'{c}.loss'), 2)} | {mem} | "
                    f"{fmt(metrics.get(f'{c}.exact_match_answer_cut'), 2)} |")
     extra = [("compression (history tokens per memory token)", "compression.overall"),
-             ("reconstruction precision (characters read back)", "reconstruction.precision")]
+             ("reconstruction precision (held-out English prose read back)", "reconstruction.precision")]
     return out + [""] + [f"- {what}: {fmt(metrics[k], 3)}" for what, k in extra if metrics.get(k) is not None]
 
 

@@ -99,7 +99,8 @@ def point_settings(settings: Settings, point: str, spec: BenchSpec) -> Settings:
     (+2: a history never loses its start), its own data dir, and the full text always scored."""
     render = settings.render.model_copy(update={**POINTS[point], "max_pages": max(spec.pages + spec.point_pages) + 2})
     data = settings.data.model_copy(update={"out_dir": str(point_dir(settings, point))})
-    ev = settings.eval.model_copy(update={"reconstruction_probe": False, "full_text_max_tokens": 10**9})
+    ev = settings.eval.model_copy(update={"reconstruction_probe": False, "probe_examples": 0,
+                                          "full_text_max_tokens": 10**9})
     return settings.model_copy(update={"render": render, "data": data, "eval": ev})
 
 

@@ -22,7 +22,7 @@ from ocrmem.evaluation.runner import condition_inputs, example_figures, run_cond
 from ocrmem.evaluation.scoring import char_precision, mean, rounded
 from ocrmem.settings import BENCH_POINTS, Settings
 
-PROBE_KINDS = ("prose_en", "prose_zh")  # evaluate's reconstruction probe: held-out real prose
+PROBE_KINDS = ("prose_en",)  # evaluate's reconstruction probe: held-out English prose (stage 1's table has the rest)
 
 
 def point_settings(settings: Settings, point: str, out_dir: str | Path) -> Settings:
@@ -81,7 +81,7 @@ def kind_figures(got: list[dict], kind: str) -> dict:
 
 def prose_probe(model, settings: Settings, n: int, progress: bool = True) -> dict:
     """Held-out prose (whole documents that pretraining never saw) drawn as this run draws its memory and
-    read back: eval.json's reconstruction precision and compression, English first, Chinese beside it."""
+    read back: eval.json's reconstruction precision and compression (prose_en; other kinds prefixed)."""
     from ocrmem.tasks.reading import make_reading_examples
 
     p = settings.pretrain

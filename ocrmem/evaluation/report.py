@@ -58,10 +58,10 @@ def eval_report(table: list[dict], buckets: list[dict], m: dict, source: str | N
         lines.append(f"exact match on the {m['answer_cut.n']} questions whose answer the truncated text cut: "
                      + ", ".join(f"{c} {fmt(v)}" for c, v in cut.items()))
     if "reconstruction.precision" in m:
-        lines.append(f"reads held-out prose back (reconstruction precision): English {fmt(m['reconstruction.precision'])} "
-                     f"at compression {fmt(m.get('reconstruction.compression'), 2)}, Chinese "
-                     f"{fmt(m.get('reconstruction.prose_zh.precision'))} at {fmt(m.get('reconstruction.prose_zh.compression'), 2)}"
-                     f"; the eval examples' own pages {fmt(m.get('reconstruction.sheets.precision'))}")
+        lines.append(f"reads {m.get('reconstruction.n')} held-out English prose pages back: reconstruction precision "
+                     f"{fmt(m['reconstruction.precision'])} at compression {fmt(m.get('reconstruction.compression'), 2)}")
+    if "reconstruction.sheets.precision" in m:
+        lines.append(f"reads the eval examples' own pages back: precision {fmt(m['reconstruction.sheets.precision'])}")
     for k in (k for k in m if k.endswith(".answer_cut.sign_test_p")):
         head = k.removesuffix(".sign_test_p")
         a, b = head.removesuffix(".answer_cut").split(".vs_")
