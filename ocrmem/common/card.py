@@ -185,7 +185,6 @@ def export_adapter(src: str | Path, dst: str | Path, metrics: dict) -> Path:
         if isinstance(rec, dict) and "absolute" in rec:
             rec["from_adapter"] = os.path.relpath(rec["absolute"], dst.resolve())
     write_json(tmp / "adapter_config.json", cfg)
-    card = (tmp / "README.md").read_text(encoding="utf-8") if (tmp / "README.md").is_file() else "# OCR-MEM adapter\n"
-    write_text(tmp / "README.md", with_evaluation(card, metrics))
+    fill_evaluation(tmp, metrics)
     tmp.rename(dst)
     return dst
