@@ -22,7 +22,7 @@ from ocrmem.evaluation.runner import condition_inputs, example_figures, run_cond
 from ocrmem.evaluation.scoring import char_precision, mean, rounded
 from ocrmem.settings import BENCH_POINTS, Settings
 
-PROBE_KINDS = ("prose_en",)  # evaluate's reconstruction probe: held-out English prose (stage 1's table has the rest)
+PROBE_KIND = "prose_en"  # evaluate's reconstruction probe: held-out English prose (stage 1's table has the rest)
 
 
 def point_settings(settings: Settings, point: str, out_dir: str | Path) -> Settings:
@@ -81,20 +81,16 @@ def kind_figures(got: list[dict], kind: str) -> dict:
 
 def prose_probe(model, settings: Settings, n: int, progress: bool = True) -> dict:
     """Held-out prose (whole documents that pretraining never saw) drawn as this run draws its memory and
-    read back: eval.json's reconstruction precision and compression (prose_en; other kinds prefixed)."""
+    read back: eval.json's reconstruction.precision, .compression and .n."""
     from ocrmem.tasks.reading import make_reading_examples
 
     p = settings.pretrain
-    examples = make_reading_examples("eval", n, p.n_chars, p.seed, PROBE_KINDS)
+    examples = make_reading_examples("eval", n, p.n_chars, p.seed, (PROBE_KIND,))
     with tempfile.TemporaryDirectory(prefix="ocrmem-probe-") as tmp:
         ps = settings.model_copy(update={"data": settings.data.model_copy(update={"out_dir": tmp}),
                                          "eval": settings.eval.model_copy(update={"reconstruction_probe": True})})
         got = read_back(model, ps, examples, progress)
-    out = {}
-    for kind in PROBE_KINDS:
-        key = "reconstruction" if kind == "prose_en" else f"reconstruction.{kind}"
-        out.update({f"{key}.{k}": v for k, v in kind_figures(got, kind).items()})
-    return out
+    return {f"reconstruction.{k}": v for k, v in kind_figures(got, PROBE_KIND).items()}
 
 
 def format_table(rows: list[dict]) -> str:
