@@ -258,6 +258,9 @@ class PretrainSettings(Section):
     n_train: int = Field(1024, gt=0, description="Training texts (ocrmem.tasks.reading, every kind in turn).")
     n_eval: int = Field(32, gt=0, description="Held-out texts, from documents never trained on (the Fox table's).")
     n_chars: int = Field(700, gt=0, description="Characters of a text at most (about a page at the default render).")
+    kinds: list[str] = Field(  # checked against ocrmem.tasks.reading.KINDS by the pretrain stage (a layer up)
+        default_factory=lambda: ["prose_en", "prose_zh", "shuffled_en", "random", "chat", "logs"], min_length=1,
+        description="Text kinds trained on, in turn; fewer for a curriculum (held-out texts keep the Fox table's).")
     max_steps: int = Field(400, gt=0, description="Optimizer steps of reconstruction.")
     batch_size: int = Field(8, gt=0, description="Texts per step.")
     learning_rate: float = Field(2e-3, gt=0, description="Peak learning rate.")

@@ -26,6 +26,19 @@ def test_reading_examples_are_seeded_and_cover_the_kinds():
     assert {e.meta["kind"] for e in make_reading_examples("eval", 8, 400, kinds=EVAL_KINDS)} == set(EVAL_KINDS)
 
 
+def test_a_curriculum_trains_on_its_kinds_and_reads_back_the_fox_kinds():
+    from ocrmem.common.errors import ConfigError
+    from ocrmem.settings import Settings
+    from ocrmem.training.pretrain import corpus
+
+    s = Settings.model_validate({"pretrain": {"kinds": ["prose_en"], "n_train": 6, "n_eval": 8, "n_chars": 60}})
+    got = corpus(s)
+    assert {e.meta["kind"] for e in got["train"]} == {"prose_en"}
+    assert {e.meta["kind"] for e in got["eval"]} == set(EVAL_KINDS)
+    with pytest.raises(ConfigError, match="pretrain.kinds: poems is not a reading kind"):
+        corpus(Settings.model_validate({"pretrain": {"kinds": ["prose_en", "poems"]}}))
+
+
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory, tiny_models):
     from conftest import tiny_settings_dict

@@ -17,9 +17,10 @@ import shutil
 import time
 from pathlib import Path
 
+from ocrmem.common.errors import ConfigError
 from ocrmem.common.io import write_json
 from ocrmem.settings import Settings
-from ocrmem.tasks.reading import EVAL_KINDS, make_reading_examples
+from ocrmem.tasks.reading import EVAL_KINDS, KINDS, make_reading_examples
 
 
 def pretrain_settings(settings: Settings) -> Settings:
@@ -35,7 +36,9 @@ def pretrain_settings(settings: Settings) -> Settings:
 
 def corpus(settings: Settings) -> dict:
     p = settings.pretrain
-    return {"train": make_reading_examples("train", p.n_train, p.n_chars, p.seed),
+    if unknown := [k for k in p.kinds if k not in KINDS]:
+        raise ConfigError([f"pretrain.kinds: {', '.join(unknown)} is not a reading kind; use some of {', '.join(KINDS)}"])
+    return {"train": make_reading_examples("train", p.n_train, p.n_chars, p.seed, tuple(p.kinds)),
             "eval": make_reading_examples("eval", p.n_eval, p.n_chars, p.seed, EVAL_KINDS)}
 
 
