@@ -2,11 +2,13 @@
 # Loopback check of the deployment path: a Prefect server on 127.0.0.1, a *process* work pool, the
 # flow deployed from this checkout, one run picked up by `prefect worker start --run-once`.
 # Runs the whole pipeline on tests/data/params.tiny.yaml in a temp copy (tiny models only).
-#   bash flows/smoke_worker.sh          # ~1.5 min on 2 CPU cores; exit 0 = the flow run COMPLETED
+#   bash flows/smoke_worker.sh                     # ~1.5 min on 2 CPU cores; exit 0 = the flow run COMPLETED
+#   STOP_AFTER=render bash flows/smoke_worker.sh   # the deployment path only, through the first 3 stages
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mktemp -d)
 PORT=${PORT:-4299}
+STOP_AFTER=${STOP_AFTER:-}
 POOL=ocrmem-smoke
 export PREFECT_HOME="$WORK/prefect-home" PREFECT_API_URL="http://127.0.0.1:$PORT/api"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 DVC_NO_ANALYTICS=1 WANDB_MODE=disabled
@@ -27,13 +29,13 @@ sed -i 's/ocrmem standins --out models$/ocrmem standins --out models --no-smollm
 
 prefect work-pool create "$POOL" --type process --overwrite >/dev/null
 cd "$WORK/repo"
-python - "$POOL" "$WORK/repo" <<'PY'
+python - "$POOL" "$WORK/repo" "$STOP_AFTER" <<'PY'
 import sys
 from prefect import flow
-pool, repo = sys.argv[1:]
+pool, repo, stop_after = sys.argv[1:]
 flow.from_source(source=repo, entrypoint="flows/pipeline.py:ocrmem_pipeline").deploy(
     name="smoke", work_pool_name=pool,
-    parameters={"workdir": repo},
+    parameters={"workdir": repo, "stop_after": stop_after or None},
     print_next_steps=False,
 )
 PY

@@ -6,9 +6,10 @@
   `dvc plots show` writes an HTML with the Vega libraries inlined (no CDN).
 - test_prefect_flow_runs_and_caches: the Prefect flow (one `dvc repro --single-item` per task)
   runs every stage under a test server and publishes the eval table artifact; a second run runs
-  no stage, and a train param change reruns train + evaluate (and validate) only.
+  no stage (which stages a change reruns is DVC's, tested above).
 - test_process_worker_smoke: flows/smoke_worker.sh deploys the flow to a local process work pool
-  and runs it through `prefect worker start --run-once` (the path a GPU docker pool takes).
+  and runs it through `prefect worker start --run-once` (the path a GPU docker pool takes), through
+  the render stage: the stages after it are the flow's, tested above.
 """
 
 from __future__ import annotations
@@ -175,17 +176,12 @@ def test_prefect_flow_runs_and_caches(tmp_path, monkeypatch):
         fp.ocrmem_pipeline(workdir=str(repo))
         assert ran == []  # nothing changed: DVC runs no stage
 
-        ran.clear()
-        edit(repo / "params.yaml", "learning_rate: 0.003", "learning_rate: 0.01")
-        fp.ocrmem_pipeline(workdir=str(repo))
-        assert ran == ["validate", "train", "baselines", "evaluate"]
-
 
 def test_process_worker_smoke():
     """flows/smoke_worker.sh: server on loopback, process pool, deployment, `prefect worker start --run-once`."""
     if shutil.which("curl") is None:
         pytest.skip("the smoke script polls the server with curl")
-    r = subprocess.run(["bash", str(ROOT / "flows/smoke_worker.sh")], env={**env(), "PORT": "4297"},
+    r = subprocess.run(["bash", str(ROOT / "flows/smoke_worker.sh")], env={**env(), "PORT": "4297", "STOP_AFTER": "render"},
                        capture_output=True, text=True, timeout=540)
     assert r.returncode == 0, (r.stdout + r.stderr)[-6000:]
     assert "COMPLETED" in r.stdout
