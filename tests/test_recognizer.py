@@ -10,6 +10,7 @@ import yaml
 from ocrmem.common.errors import ConfigError
 from ocrmem.evaluation.scoring import char_precision
 from ocrmem.memory.hub import check_model_paths
+from ocrmem.memory.lines import line_mask
 from ocrmem.memory.render import layout, render_pages
 from ocrmem.settings import ModelSettings, RenderSettings, load_settings
 
@@ -79,9 +80,43 @@ def test_blank_lines_cost_no_memory(make_settings):
     assert out.memory_tokens.tolist() == [2 * per_line, per_line]
     frames = model.encoder.encoder.frames
     changed = feats.clone()
-    changed[0, 2 * frames:] += 5.0  # lines 3.. of page 0 and 2.. of page 1 are blank
-    changed[1, frames:] -= 5.0
+    # new values, not a shift: the projector's LayerNorm would cancel a constant added to a frame
+    changed[0, 2 * frames:] = torch.randn_like(changed[0, 2 * frames:])  # lines 3.. of page 0 and 2.. of page 1 are blank
+    changed[1, frames:] = torch.randn_like(changed[1, frames:])
     torch.testing.assert_close(model(**batch, features=changed).loss, out.loss)
+
+    masked = {**batch, "page_lines": torch.tensor([[1, 0, 1], [0, 1, 0]])}  # blank lines inside a page too
+    out = model(**masked, features=feats)
+    assert out.memory_tokens.tolist() == [2 * per_line, per_line]
+    changed = feats.clone()
+    changed[0, frames:2 * frames] = torch.randn_like(changed[0, frames:2 * frames])
+    changed[1, :frames] = torch.randn_like(changed[1, :frames])
+    torch.testing.assert_close(model(**masked, features=changed).loss, out.loss)
+    changed[0, 2 * frames:3 * frames] = torch.randn_like(changed[0, 2 * frames:3 * frames])  # a kept line: the loss moves
+    assert not torch.allclose(model(**masked, features=changed).loss, out.loss)
+
+
+def test_a_blank_line_inside_a_page_costs_nothing_where_training_and_serving_count(make_settings):
+    """A paragraph break: the render stage records it, the budget and compression skip it, and the memory a
+    user gets holds exactly the tokens of the same text without it."""
+    from ocrmem.memory.model import OcrMemModel
+    from ocrmem.serving.caches import page_layout
+    from ocrmem.serving.memory_llm import MemoryLLM, drawn_lines
+
+    res = render_pages("first paragraph\n\nsecond one\n", RenderSettings())
+    assert res.page_lines == [3] and res.blank_lines == [[1]] and line_mask(res.page_lines, res.blank_lines) == [[1, 0, 1]]
+    s = make_settings(model={**REC, "soft_prompt_tokens": 2})
+    llm = MemoryLLM(OcrMemModel.build(s).eval())
+    inputs = []
+    # capitals: no descender of the line above reaches into the next line's strip, so the strips match
+    for history in ("FIRST NOTE\n\nSECOND LINE", "FIRST NOTE\nSECOND LINE"):
+        paged = page_layout(history, llm.render_settings)
+        ids, where = llm.prompt_ids("q")
+        batch = llm.model.build_inputs(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long), None,
+                                       torch.tensor([len(paged.pages)]), llm.pages(paged.pages),
+                                       torch.tensor([where]), drawn_lines([paged]))
+        inputs.append(batch[0])
+    assert inputs[0].shape == inputs[1].shape and torch.equal(inputs[0], inputs[1])
 
 
 def test_alignment_reads_the_features_back(encoder, tiny_models):
@@ -98,7 +133,7 @@ def test_alignment_reads_the_features_back(encoder, tiny_models):
     assert all(a < b for a, b in zip(centres, centres[1:]))  # characters in reading order
     tok = AutoTokenizer.from_pretrained(tiny_models["llm"])
     emb = torch.randn(tok.vocab_size + 16, 8)
-    targets, counts = alignment_targets(feats, res.page_lines, encoder, tok, emb, 16)
+    targets, counts = alignment_targets(feats, line_mask(res.page_lines, res.blank_lines), encoder, tok, emb, 16)
     n_tok = len(tok(" " + text, add_special_tokens=False).input_ids)
     drawn = counts[0, : encoder.frames // 16]
     assert drawn.sum() == n_tok and (counts[0, encoder.frames // 16:] == -1).all()
@@ -115,9 +150,10 @@ def test_alignment_reads_lines_back_in_chunks_with_the_same_targets(encoder, tin
     feats = encoder(encoder.preprocess(res.pages))
     tok = AutoTokenizer.from_pretrained(tiny_models["llm"])
     emb = torch.randn(tok.vocab_size + 16, 8)
-    whole = align.alignment_targets(feats, res.page_lines, encoder, tok, emb, 16)
+    kept = line_mask(res.page_lines, res.blank_lines)
+    whole = align.alignment_targets(feats, kept, encoder, tok, emb, 16)
     monkeypatch.setattr(align, "CHUNK", 2)  # a chunk boundary inside the page's lines
-    for a, b in zip(whole, align.alignment_targets(feats, res.page_lines, encoder, tok, emb, 16)):
+    for a, b in zip(whole, align.alignment_targets(feats, kept, encoder, tok, emb, 16)):
         torch.testing.assert_close(a, b)
 
 

@@ -7,6 +7,7 @@ whose from-scratch reference is another model instance with its own, empty line 
 import pytest
 import torch
 
+from ocrmem.memory.lines import page_masks
 from ocrmem.memory.render import lines_per_page
 from ocrmem.serving.caches import all_lines, page_layout
 from ocrmem.serving.memory_llm import MemoryLLM
@@ -61,7 +62,7 @@ def _scratch(models, encoder: str, clear: bool = True) -> MemoryLLM:
 
 
 def _memory_tokens(model, paged) -> int:
-    return sum(model.page_memory_tokens([len(p) for p in paged.pages]))
+    return sum(model.page_memory_tokens(page_masks(paged.pages)))
 
 
 def _facts(a: int, b: int) -> str:
@@ -99,6 +100,7 @@ def test_training_and_serving_lay_out_a_long_history_the_same_way(model, tmp_pat
     row = read_manifest(s, "eval")[0]
     served = _fresh(model).render(history)
     assert row["cut_chars"] == served.cut_chars > 0 and row["page_lines"] == served.page_lines
+    assert row["blank_lines"] == served.blank_lines
     assert len(row["pages"]) == len(served.pages) == s.render.max_pages
     for rel, sha, img in zip(row["pages"], row["sha256"], served.pages):
         assert list(load_png(s.rendered_dir / rel, sha).getdata()) == list(img.getdata())

@@ -22,7 +22,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ocrmem.data.manifest import memory_text
-from ocrmem.memory.prompt import PROMPTS, chat_prompt, clip_prompt, memory_prompt, pad_text, target_ids
+from ocrmem.memory.lines import line_mask
+from ocrmem.memory.prompt import PROMPTS, chat_prompt, clip_prompt, memory_prompt, pad_right, pad_text, target_ids
 from ocrmem.memory.render import load_png
 from ocrmem.settings import OBJECTIVES, Settings
 
@@ -100,7 +101,8 @@ class MemoryDataset(Dataset):
         ids, labels, pos = self.encode_text(prompt, target)
         pages = self.pages(row) if self.with_memory else None
         return {"input_ids": ids, "labels": labels, "pages": pages, "memory_pos": pos if self.with_memory else -1,
-                "page_lines": row.get("page_lines") if pages is not None else None,
+                "page_lines": line_mask(row["page_lines"], row.get("blank_lines"))
+                if pages is not None and row.get("page_lines") is not None else None,
                 "objective": OBJECTIVES.index(objective)}
 
 
@@ -119,9 +121,9 @@ class MemoryCollator:
                  "objective_ids": torch.tensor([x["objective"] for x in items], dtype=torch.long)}
         if pages:
             batch[self.key] = torch.cat(pages)
-            lines = [n for x in items if x["pages"] is not None for n in (x.get("page_lines") or [])]
+            lines = [m for x in items if x["pages"] is not None for m in (x.get("page_lines") or [])]
             if len(lines) == sum(len(p) for p in pages):  # manifests before page_lines: whole pages
-                batch["page_lines"] = torch.tensor(lines, dtype=torch.long)
+                batch["page_lines"] = pad_right(lines, 0)  # [P, lines]: 1 where a line's tokens are kept
         return batch
 
 

@@ -33,6 +33,7 @@ from ocrmem.common.io import fmt, jsonl, sha256_file, write_json, write_jsonl, w
 from ocrmem.common.stats import split_stats, total_stats
 from ocrmem.data.sources import SPLITS, Example, read_jsonl, read_text_corpus, unique_ids
 from ocrmem.memory import render as R
+from ocrmem.memory.lines import line_mask
 from ocrmem.settings import RenderSettings, Settings
 from ocrmem.tasks.lookup import make_synthetic
 
@@ -57,6 +58,7 @@ class ManifestRow(TypedDict):
     vision_tokens: int | None  # memory tokens the pages cost
     compression: float | None  # kept_text_tokens / vision_tokens
     page_lines: list[int]  # lines drawn on each page
+    blank_lines: list[list[int]] | None  # which of them hold no text and cost no memory tokens
 
 
 MANIFEST_FIELDS = tuple(ManifestRow.__annotations__)
@@ -142,7 +144,8 @@ def _render_one(job: tuple[str, str]) -> dict:
         shas.append(R.save_png(page, out / name))
         names.append(name)
     return {"id": ex_id, "files": names, "sha256": shas, "kept_chars": res.kept_chars,
-            "cut_chars": res.cut_chars, "missing_glyphs": res.missing_glyphs, "page_lines": res.page_lines}  # fmt: skip
+            "cut_chars": res.cut_chars, "missing_glyphs": res.missing_glyphs, "page_lines": res.page_lines,
+            "blank_lines": res.blank_lines}  # fmt: skip
 
 
 def _n_workers(rs: RenderSettings, n_jobs: int) -> int:
@@ -252,8 +255,8 @@ def _token_counts(tokenizer, examples: list[Example], done: dict) -> tuple[list,
 
 def _manifest_row(ex: Example, r: dict, split: str, tt: int | None, kt: int | None, tokens_per_page,
                   tokens_per_line: int | None = None) -> ManifestRow:
-    # line encoders: a page costs only the lines drawn on it
-    vis = sum(r["page_lines"]) * tokens_per_line if tokens_per_line else (
+    # line encoders: a page costs only the lines drawn on it that hold text
+    vis = sum(map(sum, line_mask(r["page_lines"], r.get("blank_lines")))) * tokens_per_line if tokens_per_line else (
         len(r["files"]) * tokens_per_page if tokens_per_page else None)
     return {
         "id": ex.id, "history": ex.history, "prompt": ex.prompt, "target": ex.target,
@@ -263,6 +266,7 @@ def _manifest_row(ex: Example, r: dict, split: str, tt: int | None, kt: int | No
         "missing_glyphs": r["missing_glyphs"],
         "text_tokens": tt, "kept_text_tokens": kt, "vision_tokens": vis,
         "compression": (kt / vis) if kt is not None and vis else None, "page_lines": r["page_lines"],
+        "blank_lines": r.get("blank_lines"),
     }  # fmt: skip
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ocrmem.memory.prompt import chat_prompt, clip_prompt, memory_prompt, pad_text, target_ids
+from ocrmem.memory.lines import line_mask
+from ocrmem.memory.prompt import chat_prompt, clip_prompt, memory_prompt, pad_right, pad_text, target_ids
 from ocrmem.settings import CONDITIONS, Settings
 
 TRAINED_TEXT = ("truncated_text_trained", "full_text_trained")  # trained by `ocrmem baselines`
@@ -29,7 +30,7 @@ class CondInput:
     memory_tokens: int = 0  # memory embeddings inserted at memory_pos (n_pages x tokens per page)
     memory_pos: int = 0  # where the memory slot is in prompt_ids (OCR memory is inserted there)
     text_memory_ids: list[int] = field(default_factory=list)  # history tokens inside the prompt text
-    page_lines: list[int] = field(default_factory=list)  # lines drawn on each memory page (ocr_memory)
+    page_lines: list[list[int]] = field(default_factory=list)  # each memory page's kept lines (ocrmem.memory.lines)
     skipped: bool = False  # full_text over eval.full_text_max_tokens
 
 
@@ -61,7 +62,7 @@ def build_condition_input(condition: str, row: dict, tokenizer, memory_tokens_pe
     if condition == "ocr_memory":  # the same "Memory:" turn as the text conditions, pages in the slot
         ids, pos = memory_prompt(tokenizer, prompt)
         return CondInput(condition, ids, tgt, n_pages=n_pages, memory_tokens=budget, memory_pos=pos,
-                         page_lines=list(row.get("page_lines") or []))
+                         page_lines=line_mask(row.get("page_lines") or [], row.get("blank_lines")))
     if condition.startswith("truncated_text"):
         mem = recent_tokens(hist_ids, budget)
     elif len(hist_ids) > full_text_max_tokens:  # full_text
@@ -80,9 +81,9 @@ def collate(items: list[CondInput], pad_id: int, with_target: bool) -> dict:
     batch = {**pad_text(ids, pad_id, labels),
              "page_counts": torch.tensor([it.n_pages for it in items], dtype=torch.long),
              "memory_pos": torch.tensor([it.memory_pos for it in items], dtype=torch.long)}
-    lines = [n for it in items if it.n_pages for n in it.page_lines]
+    lines = [m for it in items if it.n_pages for m in it.page_lines]
     if lines and len(lines) == sum(it.n_pages for it in items):
-        batch["page_lines"] = torch.tensor(lines, dtype=torch.long)
+        batch["page_lines"] = pad_right(lines, 0)
     return batch
 
 
@@ -108,12 +109,12 @@ def load_soft_prompt(settings: Settings, condition: str) -> torch.Tensor:
 
 def memory_budget(row, memory_tokens_per_page: int, page_memory_tokens=None) -> int:
     """What an example's OCR memory costs in LLM positions, the budget every text condition is cut to; the
-    one formula. A line encoder pays for the lines drawn on each page (`page_memory_tokens(page_lines)`),
+    one formula. A line encoder pays for the lines drawn on each page that hold text (`ocrmem.memory.lines`),
     a page encoder a fixed count per page; without `page_memory_tokens`, a row with_budgets priced keeps its price."""
     if page_memory_tokens is None and "memory_tokens" in row:
         return row["memory_tokens"]
     if page_memory_tokens is not None and row.get("page_lines"):
-        return sum(page_memory_tokens(row["page_lines"]))
+        return sum(page_memory_tokens(line_mask(row["page_lines"], row.get("blank_lines"))))
     return len(row["pages"]) * memory_tokens_per_page
 
 

@@ -254,9 +254,11 @@ class OcrMemModel(nn.Module):
         return self.memory_tokens_per_page // len(self.encoder.encoder.boxes)
 
     def page_memory_tokens(self, page_lines) -> list[int]:
-        """Memory tokens each page contributes, given the lines drawn on it (manifest `page_lines`)."""
+        """Memory tokens each page costs, given its lines: a count (manifest `page_lines`: lines drawn)
+        or a 0/1 mask (ocrmem.memory.lines: blank lines drawn cost nothing) per page."""
         per_line = self.memory_tokens_per_line
-        return [self.memory_tokens_per_page if per_line is None else int(n) * per_line for n in page_lines]
+        return [self.memory_tokens_per_page if per_line is None else
+                int(sum(n) if isinstance(n, (list, tuple)) else n) * per_line for n in page_lines]
 
     @property
     def device(self) -> torch.device:
@@ -279,8 +281,8 @@ class OcrMemModel(nn.Module):
                      page_lines=None):
         """Insert each sample's soft prompt and memory into its text at memory_pos (default: in front;
         -1: the sample has no memory slot, so no soft prompt either), left-pad the batch; labels are
-        -100 on them and on padding. `page_lines` [P] (line encoders) keeps only the tokens of each
-        page's drawn lines: blank lines cost nothing."""
+        -100 on them and on padding. `page_lines` (line encoders: [P] counts or a [P, L] mask, see
+        `_kept_tokens`) keeps only the tokens of each page's drawn lines: blank lines cost nothing."""
         text = self.llm.get_input_embeddings()(input_ids)
         bsz, hid = input_ids.shape[0], text.shape[-1]
         mems = self._split_memory(memory, page_counts, page_lines, bsz, text)
@@ -310,14 +312,23 @@ class OcrMemModel(nn.Module):
         """Each sample's memory tokens [n_i, hidden]: its pages' tokens, in order."""
         if memory is None or page_counts is None:
             return [text.new_zeros(0, text.shape[-1])] * bsz
-        keep = (self.page_memory_tokens(page_lines.tolist()) if page_lines is not None
-                else [memory.shape[1]] * memory.shape[0])
-        pages = [memory[p, :keep[p]].to(text.dtype) for p in range(memory.shape[0])]
+        pages = [m.to(text.dtype) for m in self._kept_tokens(memory, page_lines)]
         out, start = [], 0
         for c in page_counts.tolist():
             out.append(torch.cat(pages[start:start + c]) if c else text.new_zeros(0, text.shape[-1]))
             start += c
         return out
+
+    def _kept_tokens(self, memory: torch.Tensor, page_lines) -> list[torch.Tensor]:
+        """Each page's memory tokens [t_p, hidden] its lines pay for (page_lines: [P] counts, [P, L] 0/1 masks)."""
+        per_line = self.memory_tokens_per_line
+        if page_lines is None or per_line is None:
+            return list(memory)
+        if page_lines.dim() == 1:
+            return [memory[p, :int(n) * per_line] for p, n in enumerate(page_lines.tolist())]
+        lines = memory.reshape(memory.shape[0], -1, per_line, memory.shape[-1])[:, :page_lines.shape[1]]
+        return [lines[p][page_lines[p].to(lines.device).bool()].reshape(-1, memory.shape[-1])
+                for p in range(memory.shape[0])]
 
     def forward(self, input_ids, attention_mask, labels=None, page_counts=None, pixel_values=None, features=None,
                 memory_pos=None, page_lines=None, num_items_in_batch=None, **_ignored) -> OcrMemOutput:

@@ -28,6 +28,7 @@ from PIL import Image, ImageColor, ImageDraw, ImageFont
 
 from ocrmem.common.errors import UserError
 from ocrmem.common.io import load_png, png_bytes, save_png  # noqa: F401 (page PNGs: written and checked in io.py)
+from ocrmem.memory.lines import blank_lines
 from ocrmem.settings import RenderSettings
 
 RENDERER_VERSION = "2"  # bump when the layout or drawing changes: it invalidates rendered data
@@ -331,6 +332,7 @@ class RenderResult:
     missing_glyphs: dict[str, int] = field(default_factory=dict)
     n_lines: int = 0
     page_lines: list[int] = field(default_factory=list)  # lines drawn on each page (the rest of its grid is blank)
+    blank_lines: list[list[int]] = field(default_factory=list)  # which of them hold no text (no memory tokens)
 
 
 def _colour(c: str) -> int:
@@ -386,14 +388,9 @@ def render_pages(text: str, rs: RenderSettings) -> RenderResult:
     font = load_font(rs.font_path, rs.font_size)
     lines, cut = layout(text, rs, font)
     chunks = page_chunks(lines, rs)
-    pages = [draw_page([_clean(text[a:b]) for a, b in chunk], rs, font) for chunk in chunks]
-    page_lines = [len(chunk) for chunk in chunks]
+    drawn = [[_clean(text[a:b]) for a, b in chunk] for chunk in chunks]
     kept = text[cut:]
-    return RenderResult(
-        pages=pages,
-        kept_chars=len(kept),
-        cut_chars=cut,
-        missing_glyphs=missing_glyphs(kept, font),
-        n_lines=len(lines),
-        page_lines=page_lines,
-    )
+    return RenderResult(pages=[draw_page(p, rs, font) for p in drawn], kept_chars=len(kept), cut_chars=cut,
+                        missing_glyphs=missing_glyphs(kept, font), n_lines=len(lines),
+                        page_lines=[len(p) for p in drawn], blank_lines=[blank_lines(p) for p in drawn])
+

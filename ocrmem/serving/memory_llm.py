@@ -24,7 +24,8 @@ import torch
 from PIL import Image
 
 from ocrmem.data.sources import format_chat
-from ocrmem.memory.prompt import clip_prompt, memory_prompt, pad_text
+from ocrmem.memory.lines import blank_lines, page_masks
+from ocrmem.memory.prompt import clip_prompt, memory_prompt, pad_right, pad_text
 from ocrmem.memory.render import RenderResult, draw_page, load_font, missing_glyphs
 from ocrmem.serving.caches import LineLayout, PageCache, PageEmbedder, PrefixCache, page_layout
 
@@ -51,8 +52,9 @@ class Answer:
 
 
 def drawn_lines(layouts: list) -> torch.Tensor:
-    """Lines drawn on each page of these page layouts, in order: line encoders' blank lines cost no memory."""
-    return torch.tensor([len(p) for r in layouts for p in r.pages], dtype=torch.long)
+    """[pages, lines] 0/1: the lines of each page of these page layouts whose memory tokens are kept, as the
+    render stage records them for training (`ocrmem.memory.lines`): blank lines cost no memory."""
+    return pad_right(page_masks([p for r in layouts for p in r.pages]), 0)
 
 
 def history_text(history: str | list[dict]) -> str:
@@ -100,7 +102,7 @@ class MemoryLLM:
         return RenderResult(pages=[draw_page(p, self.render_settings, font) for p in paged.pages],
                             kept_chars=len(text) - paged.cut_chars, cut_chars=paged.cut_chars,
                             missing_glyphs=missing_glyphs(text[paged.cut_chars:], font), n_lines=paged.n_lines,
-                            page_lines=[len(p) for p in paged.pages])
+                            page_lines=[len(p) for p in paged.pages], blank_lines=[blank_lines(p) for p in paged.pages])
 
     def prompt_ids(self, prompt: str) -> tuple[list[int], int]:
         p = clip_prompt(self.tokenizer, prompt, self.max_prompt_tokens) if self.max_prompt_tokens else prompt

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ocrmem.memory.lines import line_mask
+
 CHUNK = 64  # lines read back by the CTC head at once (~460 MB of logits)
 
 
@@ -49,13 +51,13 @@ def line_targets(text: str, centres: list[float], tokenizer, embeddings: torch.T
     return target, count
 
 
-def alignment_targets(features: torch.Tensor, page_lines: list[int], encoder, tokenizer, embeddings: torch.Tensor,
-                      k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Targets [P, tokens, D] and LLM-token counts [P, tokens] for cached pages [P, lines x T, C];
-    counts are -1 on the lines a page leaves blank (the model drops those tokens)."""
+def alignment_targets(features: torch.Tensor, page_lines: list[list[int]], encoder, tokenizer,
+                      embeddings: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets [P, tokens, D] and LLM-token counts [P, tokens] for cached pages [P, lines x T, C] and each
+    page's kept lines (`ocrmem.memory.lines`); counts are -1 on the lines the model drops (blank ones)."""
     n_lines, frames = len(encoder.boxes), encoder.frames
     lines = features.reshape(len(features), n_lines, frames, features.shape[-1])
-    drawn = [(p, line) for p, used in enumerate(page_lines) for line in range(used)]
+    drawn = [(p, line) for p, mask in enumerate(page_lines) for line, kept in enumerate(mask) if kept]
     # Only drawn lines, CHUNK at a time: the CTC head has 18,710 classes, so the logits of every line
     # at once take 7 MB a line (1,024 sheets of 3 lines: 22 GB, killed by the OOM killer).
     best = [b for i in range(0, len(drawn), CHUNK)
@@ -118,7 +120,7 @@ def align(settings, model, rows: list[dict], pages) -> dict:
     enc, k = model.encoder.encoder, model.projector.pool.k
     rows = [r for r in rows if r["pages"]]
     feats = torch.cat([pages(r) for r in rows]).float()
-    lines = [n for r in rows for n in r["page_lines"]]
+    lines = [m for r in rows for m in line_mask(r["page_lines"], r.get("blank_lines"))]
     emb = model.llm.get_input_embeddings().weight.detach()
     t0 = time.perf_counter()
     targets, counts = alignment_targets(feats, lines, enc, model.tokenizer, emb, k)
