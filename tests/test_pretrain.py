@@ -31,6 +31,7 @@ def test_a_curriculum_trains_on_its_kinds_and_reads_back_the_fox_kinds():
     from ocrmem.settings import Settings
     from ocrmem.training.pretrain import corpus
 
+    assert Settings().pretrain.kinds == list(KINDS)  # settings spells the kinds out (it sits a layer below)
     s = Settings.model_validate({"pretrain": {"kinds": ["prose_en"], "n_train": 6, "n_eval": 8, "n_chars": 60}})
     got = corpus(s)
     assert {e.meta["kind"] for e in got["train"]} == {"prose_en"}

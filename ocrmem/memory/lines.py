@@ -18,8 +18,8 @@ def blank_lines(lines: list[str]) -> list[int]:
 def line_mask(page_lines: list[int], blank: list[list[int]] | None = None) -> list[list[int]]:
     """Each page's lines up to its last drawn one: 1 where the line's memory tokens are kept, 0 where it
     is blank. `blank` None (a manifest written before blank lines were recorded): every line is kept."""
-    blank = blank or [[] for _ in page_lines]
-    return [[0 if i in set(b) else 1 for i in range(n)] for n, b in zip(page_lines, blank)]
+    blank = [set(b) for b in blank] if blank else [set()] * len(page_lines)
+    return [[0 if i in b else 1 for i in range(n)] for n, b in zip(page_lines, blank)]
 
 
 def page_masks(pages: list[list[str]]) -> list[list[int]]:

@@ -393,4 +393,3 @@ def render_pages(text: str, rs: RenderSettings) -> RenderResult:
     return RenderResult(pages=[draw_page(p, rs, font) for p in drawn], kept_chars=len(kept), cut_chars=cut,
                         missing_glyphs=missing_glyphs(kept, font), n_lines=len(lines),
                         page_lines=[len(p) for p in drawn], blank_lines=[blank_lines(p) for p in drawn])
-
