@@ -271,6 +271,14 @@ class PretrainSettings(Section):
     seed: int = Field(0, description="Seed of the corpus and the run.")
 
 
+class FoxSettings(Section):
+    projectors: list[Literal[PROJECTOR_KINDS]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["mlp2x_gelu", "resampler", "mean_pool"], min_length=1,
+        description="Projector kinds trained side by side on stage 1's corpus (mean_pool: the critics' control).")
+    max_steps: int = Field(400, gt=0, description="Reconstruction steps of each projector kind.")
+    output_dir: str = Field("checkpoints/fox", description="A checkpoint dir per projector kind (a killed run resumes).")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="OCRMEM_", env_nested_delimiter="__", extra="forbid", yaml_file=None
@@ -285,6 +293,7 @@ class Settings(BaseSettings):
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
     benchmark: BenchmarkSettings = Field(default_factory=BenchmarkSettings)
     pretrain: PretrainSettings = Field(default_factory=PretrainSettings)
+    fox: FoxSettings = Field(default_factory=FoxSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -142,30 +142,36 @@ def test_stage_deps_cover_the_modules_its_code_imports(stage):
     assert not missing, f"dvc.yaml stage {stage!r} imports {missing} but does not list them in deps"
 
 
-def bench_stages() -> dict:
-    return yaml.safe_load((ROOT / "benchmark/dvc.yaml").read_text())["stages"]
+def bench_stages(pipeline: str = "benchmark") -> dict:
+    return yaml.safe_load((ROOT / f"{pipeline}/dvc.yaml").read_text())["stages"]
 
 
-@pytest.mark.parametrize("stage, module", [("benchmark", "ocrmem.evaluation.benchmark"), ("benchmark_report", "ocrmem.evaluation.benchmark_report")])
-def test_benchmark_pipeline_deps_cover_its_imports(stage, module):
-    """benchmark/dvc.yaml: a point reruns when any module its code can run changes; the report when its own do."""
+@pytest.mark.parametrize("pipeline, stage, module, runs", [
+    ("benchmark", "benchmark", "ocrmem.evaluation.benchmark", "ocrmem.stages.benchmark"),
+    ("benchmark", "benchmark_report", "ocrmem.evaluation.benchmark_report", "ocrmem.evaluation.benchmark"),
+    ("fox", "fox", "ocrmem.evaluation.fox", "ocrmem.stages.fox"),
+])
+def test_second_pipelines_deps_cover_their_imports(pipeline, stage, module, runs):
+    """benchmark/ and fox/dvc.yaml: a stage reruns when any module its code can run changes."""
     from module_graph import closure, module_file
 
-    deps = names(bench_stages()[stage].get("deps"))
-    missing = sorted(f for f in map(module_file, closure(module) | {"ocrmem.evaluation.benchmark"})
+    deps = names(bench_stages(pipeline)[stage].get("deps"))
+    missing = sorted(f for f in map(module_file, closure(module) | {module, runs})
                      if f and not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps))
-    assert not missing, f"benchmark/dvc.yaml stage {stage!r} imports {missing} but does not list them in deps"
+    assert not missing, f"{pipeline}/dvc.yaml stage {stage!r} imports {missing} but does not list them in deps"
 
 
-def test_benchmark_pipeline_params_and_plots():
-    """Its params exist in Settings and params.yaml; one stage per benchmark.points entry; the plot
-    templates it names exist in .dvc/plots and take DVC's data."""
+@pytest.mark.parametrize("pipeline", ["benchmark", "fox"])
+def test_second_pipelines_params_and_plots(pipeline):
+    """Their params exist in Settings and params.yaml; the plot templates they name exist in .dvc/plots and
+    take DVC's data; one benchmark stage per benchmark.points entry."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for name, s in bench_stages().items():
+    for name, s in bench_stages(pipeline).items():
         for key in names(s.get("params")):
             assert _has_key(Settings, key) and _present(params, key), f"{name}: params key {key!r}"
-    assert bench_stages()["benchmark"]["matrix"] == {"point": "${benchmark.points}"}
-    d = yaml.safe_load((ROOT / "benchmark/dvc.yaml").read_text())
+    if pipeline == "benchmark":
+        assert bench_stages()["benchmark"]["matrix"] == {"point": "${benchmark.points}"}
+    d = yaml.safe_load((ROOT / f"{pipeline}/dvc.yaml").read_text())
     templates = [v["template"] for p in d["plots"] if isinstance(p, dict) for v in p.values()]
     for t in templates:
         assert "<DVC_METRIC_DATA>" in (ROOT / f".dvc/plots/{t}.json").read_text(), t
@@ -178,6 +184,7 @@ def test_benchmark_pipeline_expands_per_point_and_stays_out_of_the_default_repro
     points = yaml.safe_load((ROOT / "params.yaml").read_text())["benchmark"]["points"]
     assert [s for s in out if s.startswith("benchmark/")] == (
         [f"benchmark/dvc.yaml:benchmark@{p}" for p in points] + ["benchmark/dvc.yaml:benchmark_report"])
+    assert [s for s in out if s.startswith("fox/")] == ["fox/dvc.yaml:fox"]
     default = subprocess.run(["dvc", "stage", "list", "--name-only"], cwd=ROOT, capture_output=True, text=True,
                              check=True).stdout.split()
     assert default == STAGES  # `dvc repro` runs ./dvc.yaml only: the default run stays within its budget

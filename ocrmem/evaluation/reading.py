@@ -34,7 +34,8 @@ def point_settings(settings: Settings, point: str, out_dir: str | Path) -> Setti
 
 
 def read_back(model, ps: Settings, examples: list[Example], progress: bool = True) -> list[dict]:
-    """Each held-out example drawn under `ps` and read back: (kind, precision, text and memory tokens)."""
+    """Each held-out example drawn under `ps` and read back: kind, precision, text and memory tokens, the
+    prediction and the text on its pages."""
     from ocrmem.memory.encoder import build_encoder
 
     encoder, model.encoder = model.encoder, build_encoder(model.settings.model, ps.render)  # this point's grid
@@ -56,7 +57,7 @@ def _read_back(model, ps: Settings, examples: list[Example], progress: bool) -> 
     _, preds, _ = run_conditions(model, {}, probe, rows, PixelPages(ps.rendered_dir, model.encoder),
                                  ps.eval.batch_size, 1, progress, desc="read back")
     return [{"kind": r["meta"].get("kind", "text"), "precision": char_precision(p, memory_text(r)),
-             "text_tokens": k, "memory_tokens": m, "prediction": p}
+             "text_tokens": k, "memory_tokens": m, "prediction": p, "text": memory_text(r)}
             for r, p, k, m in zip(rows, preds, f.kept_tok, f.mem_tok)]
 
 

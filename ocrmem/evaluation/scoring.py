@@ -1,18 +1,22 @@
 """Scoring of one answer and the compression buckets of the evaluation table.
 
 exact_match (one-word targets: the first word of the answer; else the whole normalised answer),
-the lenient `contains`, character precision of a reconstruction (1 - levenshtein / len), and the
-Fox-table buckets of compression ratios (<2, 2-4, 4-8, 8-12, 12-16, >=16).
+the lenient `contains`, character precision of a reconstruction (1 - levenshtein / len), the Fox
+table's word precision, and the Fox-table buckets of compression ratios (<2, 2-4, 4-8, 8-12, 12-16, >=16).
 """
 
 from __future__ import annotations
 
 import math
+import re
 import string
+from collections import Counter
 
 BUCKETS = ((0, 2), (2, 4), (4, 8), (8, 12), (12, 16), (16, math.inf))
 
 _PUNCT = str.maketrans({c: " " for c in string.punctuation})
+_CJK = "\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef"
+_WORD = re.compile(f"[{_CJK}]|[^\\s{_CJK}]+")  # a Chinese character, or a run of anything else but spaces
 
 
 def normalize(s: str) -> str:
@@ -53,6 +57,19 @@ def char_precision(prediction: str, source: str) -> float:
     if not source:
         return 1.0 if not prediction else 0.0
     return max(0.0, 1.0 - levenshtein(prediction, source) / len(source))
+
+
+def words(text: str) -> list[str]:
+    """The Fox table's tokens: whitespace-separated words, and each Chinese character alone."""
+    return _WORD.findall(text)
+
+
+def word_precision(prediction: str, source: str) -> float:
+    """The Fox table's precision: the share of the prediction's words found in the source, each word
+    counted as often as it occurs (so repeating one right word scores no better than saying it once).
+    It ignores what the prediction left out: `char_precision` is the score that counts it."""
+    pred = Counter(words(prediction))
+    return sum((pred & Counter(words(source))).values()) / sum(pred.values()) if pred else 0.0
 
 
 def _bucket_name(lo: float, hi: float) -> str:

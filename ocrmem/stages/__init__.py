@@ -18,6 +18,7 @@ PIPELINE = ("validate", "standins", "render", "encode", "gradcheck", "train", "b
 STAGES = PIPELINE + (
     "pretrain",  # stage 1: the reader train.init_from starts from (hours on a CPU; resumable)
     "benchmark",  # benchmark/dvc.yaml: its own pipeline, outside the default `dvc repro`
+    "fox",  # benchmark/dvc.yaml too: projector kinds against the critics' controls (a pretrain run per kind)
     "generate",  # a trained memory in use
     "read",  # what a trained memory holds of your own text
 )
