@@ -59,8 +59,8 @@ def run_key(s: Settings) -> dict:
 
 
 def finished(kdir: Path, key: dict, want: dict) -> dict | None:
-    """A kind's saved result when its directory holds one for `key` and `want` (steps, points); else None,
-    after clearing a directory that other settings trained."""
+    """A kind's saved result when its directory holds one for `key` and `want` (steps, points, the eval
+    settings it was read back with); else None, after clearing a directory that other settings trained."""
     saved = json.loads((kdir / KEY).read_text()) if (kdir / KEY).is_file() else None
     if saved is not None and saved != key:
         print(f"{kdir}: trained under other settings; starting it over")
@@ -90,7 +90,8 @@ def run_kind(settings: Settings, kind: str, examples: list, progress: bool) -> d
     from ocrmem.training.trainer import train
 
     s, points = kind_settings(settings, kind), list(settings.pretrain.points)
-    kdir, want = Path(s.train.output_dir), {"steps": settings.fox.max_steps, "points": points}
+    kdir = Path(s.train.output_dir)
+    want = {"steps": settings.fox.max_steps, "points": points, "eval": settings.eval.model_dump(mode="json")}
     if done := finished(kdir, run_key(s), want):
         print(f"{kind}: read from {kdir / DONE}")
         return done
