@@ -27,7 +27,7 @@ from pathlib import Path
 from ocrmem.common.io import write_csv, write_json
 from ocrmem.evaluation.conditions import history_ids, recent_tokens
 from ocrmem.evaluation.fox_report import format_table, plot
-from ocrmem.evaluation.reading import point_settings, read_back
+from ocrmem.evaluation.reading import kind_figures, point_settings, read_back
 from ocrmem.evaluation.scoring import char_precision, mean, rounded, word_precision
 from ocrmem.settings import Settings
 from ocrmem.training.pretrain import corpus, pretrain_settings
@@ -106,21 +106,19 @@ def run_kind(settings: Settings, kind: str, examples: list, progress: bool) -> d
 
 def truncated(tokenizer, got: list[dict]) -> list[dict]:
     """The truncated-text control of each read-back text: its last `memory_tokens` tokens as the answer."""
-    return [{**g, "prediction": tokenizer.decode(recent_tokens(history_ids(tokenizer, g["text"]), g["memory_tokens"]))}
-            for g in got]
+    cut = [tokenizer.decode(recent_tokens(history_ids(tokenizer, g["text"]), g["memory_tokens"])) for g in got]
+    return [{**g, "prediction": p, "precision": char_precision(p, g["text"])} for g, p in zip(got, cut)]
 
 
 def rows_of(projector: str, point: str, got: list[dict], parameters: int | None) -> list[dict]:
     """A row per text kind: compression (summed tokens), precision and accuracy (means over texts), n."""
     rows = []
     for kind in dict.fromkeys(g["kind"] for g in got):
-        mine = [g for g in got if g["kind"] == kind]
-        text, memory = sum(g["text_tokens"] for g in mine), sum(g["memory_tokens"] for g in mine)
-        rows.append({"text_kind": kind, "projector": projector, "point": point,
-                     "compression": rounded(text / max(1, memory), 3),
-                     "precision": rounded(mean([word_precision(g["prediction"], g["text"]) for g in mine]), 4),
-                     "accuracy": rounded(mean([char_precision(g["prediction"], g["text"]) for g in mine]), 4),
-                     "n": len(mine), "parameters": parameters})
+        fig = kind_figures(got, kind)  # its "precision" is read_back's 1 - edit distance / length: accuracy
+        words = mean([word_precision(g["prediction"], g["text"]) for g in got if g["kind"] == kind])
+        rows.append({"text_kind": kind, "projector": projector, "point": point, "compression": fig["compression"],
+                     "precision": rounded(words, 4), "accuracy": fig["precision"], "n": fig["n"],
+                     "parameters": parameters})
     return rows
 
 
