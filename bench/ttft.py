@@ -43,10 +43,9 @@ from pathlib import Path
 import torch
 from common import machine, sync, table
 
-from ocrmem.memory.lines import page_masks
 from ocrmem.memory.prompt import memory_prompt
 from ocrmem.memory.render import draw_page
-from ocrmem.serving.caches import crop_cache, page_key, page_layout
+from ocrmem.serving.caches import crop_cache, drawn_caps, page_key, page_layout
 from ocrmem.serving.memory_llm import MemoryLLM
 
 PROMPT = "Which city did the grey heron fly to on day 3? Answer with one word."
@@ -218,7 +217,7 @@ def ocr_runs(model, history: str) -> dict:
     last_key = page_key(base, pages[-1])
     soft = len(model.soft_prompt()) if model.soft_prompt is not None else 0
     before_last = MemoryLLM(model).prompt_ids(PROMPT)[1] + soft + sum(
-        model.page_memory_tokens(page_masks(pages[:-1])))  # prompt positions ahead of the last page
+        model.page_memory_tokens(drawn_caps(model, pages[:-1])))  # prompt positions ahead of the last page
     held = {}
 
     def cold_setup():
@@ -258,7 +257,7 @@ def measure_length(model, n_tokens: int, device, reps: int, skip_full_above: int
     hist_ids = tok(history, add_special_tokens=False).input_ids
     paged = page_layout(history, model.settings.render)
     assert paged.cut_chars == 0, "render.max_pages too small for this history"
-    mem_tokens = sum(model.page_memory_tokens(page_masks(paged.pages)))
+    mem_tokens = sum(model.page_memory_tokens(drawn_caps(model, paged.pages)))
     row = {"text_tokens": len(hist_ids), "chars": len(history), "pages": len(paged.pages),
            "lines": sum(len(p) for p in paged.pages), "memory_tokens": mem_tokens,
            "compression": len(hist_ids) / mem_tokens}

@@ -46,7 +46,7 @@ def test_features_graph_stops_at_the_neck(ink):
     assert not any(n.op_type == "Softmax" and n.output[0] == CTC_OUTPUT for n in graph.graph.node)
 
 
-def test_ink_width_strips_cost_the_same_tokens_and_end_in_blank_frames(ink):
+def test_ink_width_strips_end_in_blank_frames_and_a_line_costs_only_its_bucket(ink):
     from ocrmem.memory.recognizer import INK, INK_TOP, PAD
 
     full = _encoder(False)
@@ -59,9 +59,11 @@ def test_ink_width_strips_cost_the_same_tokens_and_end_in_blank_frames(ink):
             assert s.shape[1] in ink.buckets and s.shape[1] >= min(end + PAD, full.width)
             assert (s == w[:, :s.shape[1]]).all() and (w[INK_TOP:, s.shape[1]:] == 255).all()
     assert [s.shape[1] for s in strips if s is not None] == [640, 128, 640, 128]
+    assert ink.ink_tokens(px) == [[5, 1, 0, 5, 1] + [0] * 11]  # a bucket in memory tokens (128 px = 16 frames)
     spill = ink.preprocess([draw_page(["jumping gypsy [_]", ""], RenderSettings())])
     assert full.line_strips(spill)[1] is not None  # the descenders of line 0 reach into line 1's box:
     assert ink.line_strips(spill)[1] is None  # not its own ink, so a blank line (not read, blank features)
+    assert ink.ink_tokens(spill)[0][1] == 0
     assert ink.tokens_per_page == full.tokens_per_page and ink.out_dim == full.out_dim
     feats = ink(px).reshape(len(strips), ink.frames, ink.out_dim)
     blank = full(full.preprocess([draw_page([], RenderSettings())]))[0, :ink.frames]
@@ -91,12 +93,14 @@ def test_a_lines_features_depend_on_its_pixels_alone(ink):
 def test_cached_features_and_served_memory_are_bit_identical(pipeline):
     """With ink-width strips: the encode stage's cache equals the recognizer on the rendered PNGs, and
     a served page (PageEmbedder: drawn from its lines) equals the projector on the features of the
-    render stage's page of the same text, bit for bit; a line costs the tokens the manifest says."""
+    render stage's page of the same text, bit for bit. A line costs what its ink pays for, the same in
+    the manifest and in serving, and every frame it does not pay for is the blank strip's."""
     from ocrmem.data.dataset import PixelPages
     from ocrmem.data.features import FeatureCache, cache_fingerprint
     from ocrmem.data.manifest import read_manifest
     from ocrmem.memory import OcrMemModel, build_encoder
     from ocrmem.memory.encoder import tokens_per_line
+    from ocrmem.memory.lines import kept_tokens, row_caps
     from ocrmem.serving.caches import PageCache, PageEmbedder, page_layout
 
     s = pipeline(model={**REC, "recognizer_ink_width": True}, render=SMALL,
@@ -105,17 +109,36 @@ def test_cached_features_and_served_memory_are_bit_identical(pipeline):
     enc = build_encoder(s.model, s.render)
     cache = FeatureCache(s.features_dir, cache_fingerprint(enc, s))
     assert cache.index["fingerprint"]["encoder"]["buckets"] == enc.encoder.buckets
-    pixels = PixelPages(s.rendered_dir, enc)
-    for r in read_manifest(s, "eval"):
-        assert torch.equal(cache.get(r["sha256"]), enc(pixels(r)))
-        assert r["vision_tokens"] == sum(r["page_lines"]) * tokens_per_line(s)
+    pixels, per_line = PixelPages(s.rendered_dir, enc), tokens_per_line(s)
     model = OcrMemModel.build(s).eval()
+    for r in read_manifest(s, "eval"):
+        feats = cache.get(r["sha256"])
+        assert torch.equal(feats, enc(pixels(r)))
+        caps = row_caps(r)
+        assert r["vision_tokens"] == sum(kept_tokens(c, per_line) for c in caps) < sum(r["page_lines"]) * per_line
+        _assert_unpaid_frames_blank(feats, caps, enc.encoder, per_line)
+        assert PageEmbedder(model, PageCache()).with_caps(page_layout(r["history"], s.render).pages)[1] == caps
     text = "Fact 1: the owl is red. " * 4 + "\nA short line.\n\nend"
     rendered = render_pages(text, s.render).pages
     served = PageEmbedder(model, PageCache())(page_layout(text, s.render).pages)
     with torch.no_grad():
         ref = model.embed_memory(features=enc(enc.preprocess(rendered)))
     assert torch.equal(served, ref)
+
+
+def _assert_unpaid_frames_blank(feats, caps, enc, per_line):
+    """Frames past each line's paid tokens are the blank strip's; its last paid token holds ink."""
+    import numpy as np
+
+    from ocrmem.memory.recognizer import HEIGHT
+
+    blank = torch.from_numpy(enc.features(np.full((HEIGHT, enc.width), 255, np.uint8)))
+    lines, pool = feats.reshape(len(feats), -1, enc.frames, feats.shape[-1]), enc.frames // per_line
+    for p, page in enumerate(caps):
+        for i in range(lines.shape[1]):
+            n = min(page[i], per_line) if i < len(page) else 0
+            assert torch.equal(lines[p, i, n * pool:], blank[n * pool:]), (p, i, n)
+            assert n == 0 or not torch.equal(lines[p, i, (n - 1) * pool:n * pool], blank[(n - 1) * pool:n * pool])
 
 
 def test_the_ctc_head_reads_ink_width_features_back(ink):

@@ -10,7 +10,7 @@ import yaml
 from ocrmem.common.errors import ConfigError
 from ocrmem.evaluation.scoring import char_precision
 from ocrmem.memory.hub import check_model_paths
-from ocrmem.memory.lines import line_mask
+from ocrmem.memory.lines import ALL, line_caps
 from ocrmem.memory.render import layout, render_pages
 from ocrmem.settings import ModelSettings, RenderSettings, load_settings
 
@@ -85,7 +85,7 @@ def test_blank_lines_cost_no_memory(make_settings):
     changed[1, frames:] = torch.randn_like(changed[1, frames:])
     torch.testing.assert_close(model(**batch, features=changed).loss, out.loss)
 
-    masked = {**batch, "page_lines": torch.tensor([[1, 0, 1], [0, 1, 0]])}  # blank lines inside a page too
+    masked = {**batch, "page_lines": torch.tensor([[ALL, 0, ALL], [0, ALL, 0]])}  # blank lines inside a page too
     out = model(**masked, features=feats)
     assert out.memory_tokens.tolist() == [2 * per_line, per_line]
     changed = feats.clone()
@@ -96,15 +96,37 @@ def test_blank_lines_cost_no_memory(make_settings):
     assert not torch.allclose(model(**masked, features=changed).loss, out.loss)
 
 
+def test_a_lines_blank_tail_costs_nothing_past_its_cap(make_settings):
+    """A line capped at 2 tokens keeps its first 2 (of per_line): the frames past them change nothing."""
+    from ocrmem.memory.model import OcrMemModel
+
+    model = OcrMemModel.build(make_settings(model={**REC, "soft_prompt_tokens": 2})).eval()
+    per_line, frames, pool = model.memory_tokens_per_line, model.encoder.encoder.frames, model.projector.pool.k
+    assert per_line > 2
+    feats = torch.randn(1, model.encoder.tokens_per_page, 120)
+    batch = {"input_ids": torch.tensor([[1, 2, 3, 4]]), "attention_mask": torch.ones(1, 4, dtype=torch.long),
+             "labels": torch.tensor([[-100, -100, 3, 4]]), "page_counts": torch.tensor([1]),
+             "memory_pos": torch.tensor([1]), "page_lines": torch.tensor([[ALL, 2]])}
+    out = model(**batch, features=feats)
+    assert out.memory_tokens.tolist() == [per_line + 2] == model.page_memory_tokens([[ALL, 2]])
+    changed = feats.clone()
+    tail = slice(frames + 2 * pool, 2 * frames)  # line 1's frames past its two tokens
+    changed[0, tail] = torch.randn_like(changed[0, tail])
+    torch.testing.assert_close(model(**batch, features=changed).loss, out.loss)
+    changed[0, frames + pool] += torch.randn(120)  # its second token: the loss moves
+    assert not torch.allclose(model(**batch, features=changed).loss, out.loss)
+
+
 def test_a_blank_line_inside_a_page_costs_nothing_where_training_and_serving_count(make_settings):
     """A paragraph break: the render stage records it, the budget and compression skip it, and the memory a
     user gets holds exactly the tokens of the same text without it."""
     from ocrmem.memory.model import OcrMemModel
     from ocrmem.serving.caches import page_layout
-    from ocrmem.serving.memory_llm import MemoryLLM, drawn_lines
+    from ocrmem.serving.memory_llm import MemoryLLM
 
     res = render_pages("first paragraph\n\nsecond one\n", RenderSettings())
-    assert res.page_lines == [3] and res.blank_lines == [[1]] and line_mask(res.page_lines, res.blank_lines) == [[1, 0, 1]]
+    assert res.page_lines == [3] and res.blank_lines == [[1]]
+    assert line_caps(res.page_lines, res.blank_lines) == [[ALL, 0, ALL]]
     s = make_settings(model={**REC, "soft_prompt_tokens": 2})
     llm = MemoryLLM(OcrMemModel.build(s).eval())
     inputs = []
@@ -112,9 +134,10 @@ def test_a_blank_line_inside_a_page_costs_nothing_where_training_and_serving_cou
     for history in ("FIRST NOTE\n\nSECOND LINE", "FIRST NOTE\nSECOND LINE"):
         paged = page_layout(history, llm.render_settings)
         ids, where = llm.prompt_ids("q")
+        memory, caps = llm.pages.with_caps(paged.pages)
         batch = llm.model.build_inputs(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long), None,
-                                       torch.tensor([len(paged.pages)]), llm.pages(paged.pages),
-                                       torch.tensor([where]), drawn_lines([paged]))
+                                       torch.tensor([len(paged.pages)]), memory, torch.tensor([where]),
+                                       torch.tensor(caps))
         inputs.append(batch[0])
     assert inputs[0].shape == inputs[1].shape and torch.equal(inputs[0], inputs[1])
 
@@ -133,7 +156,7 @@ def test_alignment_reads_the_features_back(encoder, tiny_models):
     assert all(a < b for a, b in zip(centres, centres[1:]))  # characters in reading order
     tok = AutoTokenizer.from_pretrained(tiny_models["llm"])
     emb = torch.randn(tok.vocab_size + 16, 8)
-    targets, counts = alignment_targets(feats, line_mask(res.page_lines, res.blank_lines), encoder, tok, emb, 16)
+    targets, counts = alignment_targets(feats, line_caps(res.page_lines, res.blank_lines), encoder, tok, emb, 16)
     n_tok = len(tok(" " + text, add_special_tokens=False).input_ids)
     drawn = counts[0, : encoder.frames // 16]
     assert drawn.sum() == n_tok and (counts[0, encoder.frames // 16:] == -1).all()
@@ -150,7 +173,7 @@ def test_alignment_reads_lines_back_in_chunks_with_the_same_targets(encoder, tin
     feats = encoder(encoder.preprocess(res.pages))
     tok = AutoTokenizer.from_pretrained(tiny_models["llm"])
     emb = torch.randn(tok.vocab_size + 16, 8)
-    kept = line_mask(res.page_lines, res.blank_lines)
+    kept = line_caps(res.page_lines, res.blank_lines)
     whole = align.alignment_targets(feats, kept, encoder, tok, emb, 16)
     monkeypatch.setattr(align, "CHUNK", 2)  # a chunk boundary inside the page's lines
     for a, b in zip(whole, align.alignment_targets(feats, kept, encoder, tok, emb, 16)):

@@ -7,9 +7,8 @@ whose from-scratch reference is another model instance with its own, empty line 
 import pytest
 import torch
 
-from ocrmem.memory.lines import page_masks
 from ocrmem.memory.render import lines_per_page
-from ocrmem.serving.caches import all_lines, page_layout
+from ocrmem.serving.caches import all_lines, drawn_caps, page_layout
 from ocrmem.serving.memory_llm import MemoryLLM
 from ocrmem.settings import Settings
 
@@ -62,7 +61,7 @@ def _scratch(models, encoder: str, clear: bool = True) -> MemoryLLM:
 
 
 def _memory_tokens(model, paged) -> int:
-    return sum(model.page_memory_tokens(page_masks(paged.pages)))
+    return sum(model.page_memory_tokens(drawn_caps(model, paged.pages)))
 
 
 def _facts(a: int, b: int) -> str:

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ocrmem.data.manifest import memory_text
-from ocrmem.memory.lines import line_mask
+from ocrmem.memory.lines import row_caps
 from ocrmem.memory.prompt import PROMPTS, chat_prompt, clip_prompt, memory_prompt, pad_right, pad_text, target_ids
 from ocrmem.memory.render import load_png
 from ocrmem.settings import OBJECTIVES, Settings
@@ -101,7 +101,7 @@ class MemoryDataset(Dataset):
         ids, labels, pos = self.encode_text(prompt, target)
         pages = self.pages(row) if self.with_memory else None
         return {"input_ids": ids, "labels": labels, "pages": pages, "memory_pos": pos if self.with_memory else -1,
-                "page_lines": line_mask(row["page_lines"], row.get("blank_lines"))
+                "page_lines": row_caps(row)
                 if pages is not None and row.get("page_lines") is not None else None,
                 "objective": OBJECTIVES.index(objective)}
 
@@ -123,7 +123,7 @@ class MemoryCollator:
             batch[self.key] = torch.cat(pages)
             lines = [m for x in items if x["pages"] is not None for m in (x.get("page_lines") or [])]
             if len(lines) == sum(len(p) for p in pages):  # manifests before page_lines: whole pages
-                batch["page_lines"] = pad_right(lines, 0)  # [P, lines]: 1 where a line's tokens are kept
+                batch["page_lines"] = pad_right(lines, 0)  # [P, lines]: the tokens each line keeps
         return batch
 
 

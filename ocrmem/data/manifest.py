@@ -33,7 +33,7 @@ from ocrmem.common.io import fmt, jsonl, sha256_file, write_json, write_jsonl, w
 from ocrmem.common.stats import split_stats, total_stats
 from ocrmem.data.sources import SPLITS, Example, read_jsonl, read_text_corpus, unique_ids
 from ocrmem.memory import render as R
-from ocrmem.memory.lines import line_mask
+from ocrmem.memory.lines import kept_tokens, row_caps
 from ocrmem.settings import RenderSettings, Settings
 from ocrmem.tasks.lookup import make_synthetic
 
@@ -59,6 +59,7 @@ class ManifestRow(TypedDict):
     compression: float | None  # kept_text_tokens / vision_tokens
     page_lines: list[int]  # lines drawn on each page
     blank_lines: list[list[int]] | None  # which of them hold no text and cost no memory tokens
+    ink_tokens: list[list[int]] | None  # ink-width strips: memory tokens each grid line's ink pays for
 
 
 MANIFEST_FIELDS = tuple(ManifestRow.__annotations__)
@@ -114,11 +115,12 @@ def _render_key(rs: RenderSettings) -> dict:
 
 
 def fingerprint(rs: RenderSettings, examples: Sequence[Example], tokenizer=None, tokens_per_page=None,
-                tokens_per_line=None) -> str:
+                tokens_per_line=None, ink=None) -> str:
     h = hashlib.sha256()
     tok_name = None if tokenizer is None else getattr(tokenizer, "name_or_path", type(tokenizer).__name__)
     head = {"render": _render_key(rs), "tokenizer": tok_name, "tokens_per_page": tokens_per_page,
-            **({"tokens_per_line": tokens_per_line} if tokens_per_line else {})}  # old fingerprints stay valid
+            **({"tokens_per_line": tokens_per_line} if tokens_per_line else {}),  # old fingerprints stay valid
+            **({"ink_tokens": ink.ink_rule()} if ink is not None else {})}
     h.update(json.dumps(head, sort_keys=True).encode())
     for ex in examples:
         h.update(json.dumps(asdict(ex), sort_keys=True, ensure_ascii=False, default=str).encode())
@@ -130,22 +132,23 @@ def fingerprint(rs: RenderSettings, examples: Sequence[Example], tokenizer=None,
 _W: dict = {}
 
 
-def _worker_init(rs: RenderSettings, out_dir: str) -> None:
-    _W["rs"], _W["out"] = rs, Path(out_dir)
+def _worker_init(rs: RenderSettings, out_dir: str, ink=None) -> None:
+    _W["rs"], _W["out"], _W["ink"] = rs, Path(out_dir), ink
 
 
 def _render_one(job: tuple[str, str]) -> dict:
     ex_id, history = job
     rs, out = _W["rs"], _W["out"]
     res = R.render_pages(history, rs)
-    names, shas = [], []
+    names, shas, ink = [], [], _W["ink"]
     for k, page in enumerate(res.pages):
         name = f"{ex_id}-p{k}.png"
         shas.append(R.save_png(page, out / name))
         names.append(name)
     return {"id": ex_id, "files": names, "sha256": shas, "kept_chars": res.kept_chars,
             "cut_chars": res.cut_chars, "missing_glyphs": res.missing_glyphs, "page_lines": res.page_lines,
-            "blank_lines": res.blank_lines}  # fmt: skip
+            "blank_lines": res.blank_lines,
+            "ink_tokens": ink.ink_tokens(ink.preprocess(res.pages)) if ink is not None and res.pages else None}  # fmt: skip
 
 
 def _n_workers(rs: RenderSettings, n_jobs: int) -> int:
@@ -153,21 +156,21 @@ def _n_workers(rs: RenderSettings, n_jobs: int) -> int:
     return max(1, min(w, n_jobs))
 
 
-def _run_jobs(jobs: list[tuple[str, str]], rs: RenderSettings, out_dir: Path, desc: str, progress: bool):
+def _run_jobs(jobs: list[tuple[str, str]], rs: RenderSettings, out_dir: Path, desc: str, progress: bool, ink=None):
     from tqdm import tqdm
 
     workers = _n_workers(rs, len(jobs))
     bar = tqdm(total=len(jobs), desc=desc, unit="ex", disable=not progress or not jobs, file=sys.stderr)
     try:
         if workers == 1:
-            _worker_init(rs, str(out_dir))
+            _worker_init(rs, str(out_dir), ink)
             for job in jobs:
                 yield _render_one(job)
                 bar.update()
         else:
             ctx = mp.get_context("spawn")
             chunk = max(1, min(16, len(jobs) // (workers * 8)))
-            with ctx.Pool(workers, initializer=_worker_init, initargs=(rs, str(out_dir))) as pool:
+            with ctx.Pool(workers, initializer=_worker_init, initargs=(rs, str(out_dir), ink)) as pool:
                 for r in pool.imap(_render_one, jobs, chunksize=chunk):
                     yield r
                     bar.update()
@@ -218,7 +221,7 @@ def _up_to_date(settings: Settings, split: str, fp: str) -> dict | None:
     return json.loads(stats_file.read_text()) if stats_file.is_file() else split_stats(rows)
 
 
-def _draw(examples: list[Example], rs: RenderSettings, out: Path, fp: str, desc: str, progress: bool):
+def _draw(examples: list[Example], rs: RenderSettings, out: Path, fp: str, desc: str, progress: bool, ink=None):
     """Draw the examples not yet drawn by a killed run with the same fingerprint; returns
     (results by id, examples drawn now). The manifest is removed first: until it is written
     again the split is incomplete."""
@@ -231,7 +234,7 @@ def _draw(examples: list[Example], rs: RenderSettings, out: Path, fp: str, desc:
         write_text(prog_file, jsonl([{"fingerprint": fp}]))
     jobs = [(ex.id, ex.history) for ex in examples if ex.id not in done]
     with open(prog_file, "a", encoding="utf-8") as plog:
-        for n, r in enumerate(_run_jobs(jobs, rs, out, desc, progress), 1):
+        for n, r in enumerate(_run_jobs(jobs, rs, out, desc, progress, ink), 1):
             fault_point("render", n)  # tests only: its pages are drawn, its progress line is not
             done[r["id"]] = r
             plog.write(jsonl([r]))
@@ -255,8 +258,8 @@ def _token_counts(tokenizer, examples: list[Example], done: dict) -> tuple[list,
 
 def _manifest_row(ex: Example, r: dict, split: str, tt: int | None, kt: int | None, tokens_per_page,
                   tokens_per_line: int | None = None) -> ManifestRow:
-    # line encoders: a page costs only the lines drawn on it that hold text
-    vis = sum(map(sum, line_mask(r["page_lines"], r.get("blank_lines")))) * tokens_per_line if tokens_per_line else (
+    # line encoders: a page costs only what the lines drawn on it pay for (ocrmem.memory.lines)
+    vis = sum(kept_tokens(c, tokens_per_line) for c in row_caps(r)) if tokens_per_line else (
         len(r["files"]) * tokens_per_page if tokens_per_page else None)
     return {
         "id": ex.id, "history": ex.history, "prompt": ex.prompt, "target": ex.target,
@@ -266,7 +269,7 @@ def _manifest_row(ex: Example, r: dict, split: str, tt: int | None, kt: int | No
         "missing_glyphs": r["missing_glyphs"],
         "text_tokens": tt, "kept_text_tokens": kt, "vision_tokens": vis,
         "compression": (kt / vis) if kt is not None and vis else None, "page_lines": r["page_lines"],
-        "blank_lines": r.get("blank_lines"),
+        "blank_lines": r.get("blank_lines"), "ink_tokens": r.get("ink_tokens"),
     }  # fmt: skip
 
 
@@ -295,12 +298,15 @@ def render_split(settings: Settings, split: str, examples: list[Example] | None 
     examples = unique_ids(list(examples if examples is not None else load_examples(settings, split)))
     if not examples:  # else encode and train would run on nothing and fail far from the cause
         raise UserError(f"the {split!r} split has no examples: nothing to render; check data.source and its files")
-    fp = fingerprint(settings.render, examples, tokenizer, tokens_per_page, tokens_per_line)
+    from ocrmem.memory.encoder import ink_pricer
+
+    ink = ink_pricer(settings) if tokens_per_line else None
+    fp = fingerprint(settings.render, examples, tokenizer, tokens_per_page, tokens_per_line, ink)
     stats = _up_to_date(settings, split, fp)
     if stats is not None:
         return {**stats, "rendered": 0, "up_to_date": True, "fingerprint": fp}
     out = settings.rendered_dir / split
-    done, n_drawn = _draw(examples, settings.render, out, fp, f"render {split}", progress)
+    done, n_drawn = _draw(examples, settings.render, out, fp, f"render {split}", progress, ink)
     text_tok, kept_tok = _token_counts(tokenizer, examples, done)
     rows = [_manifest_row(ex, done[ex.id], split, tt, kt, tokens_per_page, tokens_per_line)
             for ex, tt, kt in zip(examples, text_tok, kept_tok)]

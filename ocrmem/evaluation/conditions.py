@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ocrmem.memory.lines import line_mask
+from ocrmem.memory.lines import row_caps
 from ocrmem.memory.prompt import chat_prompt, clip_prompt, memory_prompt, pad_right, pad_text, target_ids
 from ocrmem.settings import CONDITIONS, Settings
 
@@ -30,7 +30,7 @@ class CondInput:
     memory_tokens: int = 0  # memory embeddings inserted at memory_pos (n_pages x tokens per page)
     memory_pos: int = 0  # where the memory slot is in prompt_ids (OCR memory is inserted there)
     text_memory_ids: list[int] = field(default_factory=list)  # history tokens inside the prompt text
-    page_lines: list[list[int]] = field(default_factory=list)  # each memory page's kept lines (ocrmem.memory.lines)
+    page_lines: list[list[int]] = field(default_factory=list)  # each memory page's line caps (ocrmem.memory.lines)
     skipped: bool = False  # full_text over eval.full_text_max_tokens
 
 
@@ -62,7 +62,7 @@ def build_condition_input(condition: str, row: dict, tokenizer, memory_tokens_pe
     if condition == "ocr_memory":  # the same "Memory:" turn as the text conditions, pages in the slot
         ids, pos = memory_prompt(tokenizer, prompt)
         return CondInput(condition, ids, tgt, n_pages=n_pages, memory_tokens=budget, memory_pos=pos,
-                         page_lines=line_mask(row.get("page_lines") or [], row.get("blank_lines")))
+                         page_lines=row_caps(row))
     if condition.startswith("truncated_text"):
         mem = recent_tokens(hist_ids, budget)
     elif len(hist_ids) > full_text_max_tokens:  # full_text
@@ -114,7 +114,7 @@ def memory_budget(row, memory_tokens_per_page: int, page_memory_tokens=None) -> 
     if page_memory_tokens is None and "memory_tokens" in row:
         return row["memory_tokens"]
     if page_memory_tokens is not None and row.get("page_lines"):
-        return sum(page_memory_tokens(line_mask(row["page_lines"], row.get("blank_lines"))))
+        return sum(page_memory_tokens(row_caps(row)))
     return len(row["pages"]) * memory_tokens_per_page
 
 

@@ -302,6 +302,11 @@ class FrozenEncoder(nn.Module):
     def fingerprint(self) -> dict:
         return self.encoder.fingerprint()
 
+    def ink_tokens(self, pixel_values: torch.Tensor) -> list[list[int]] | None:
+        """Memory tokens each grid line of each page pays for, when the encoder cuts lines to their ink
+        (`ocrmem.memory.lines`); None when every drawn line costs the same."""
+        return self.encoder.ink_tokens(pixel_values) if getattr(self.encoder, "ink_width", False) else None
+
     def clear_cache(self) -> None:
         """Forget what an encoder memoises (the recognizer's line cache): the next call reads from scratch."""
         getattr(self.encoder, "clear_cache", lambda: None)()
@@ -326,3 +331,10 @@ def tokens_per_line(s: Settings) -> int | None:
     from ocrmem.memory.render import lines_per_page
 
     return tokens_per_page(s) // lines_per_page(s.render)
+
+
+def ink_pricer(s: Settings):
+    """What prices a drawn line by its ink without loading weights (`.ink_tokens(pixel_values)`), for
+    encoders that cut lines to their ink; None otherwise (every drawn line costs `tokens_per_line`)."""
+    make = getattr(lookup(ENCODERS, s.model.encoder, "encoder"), "ink_pricer", None)
+    return make(s.model, s.render) if make else None

@@ -28,6 +28,7 @@ from ocrmem.common.io import atomic_path, write_json
 from ocrmem.memory import hub
 from ocrmem.memory.encoder import DTYPES, FrozenEncoder, build_encoder
 from ocrmem.memory.hub import ADAPTER_CONFIG, ADAPTER_WEIGHTS, hub_kwargs, load_tokenizer
+from ocrmem.memory.lines import kept_tokens
 from ocrmem.memory.projector import Projector, build_projector, pooled_tokens
 from ocrmem.settings import ModelSettings, Settings
 
@@ -248,17 +249,16 @@ class OcrMemModel(nn.Module):
 
     @property
     def memory_tokens_per_line(self) -> int | None:
-        """Memory tokens of one text line for line encoders (a page costs only its drawn lines), else None."""
-        if getattr(self.encoder.encoder, "grid", "square") != "line":
-            return None
-        return self.memory_tokens_per_page // len(self.encoder.encoder.boxes)
+        """Memory tokens of one full text line for line encoders (`ocrmem.memory.lines`), else None."""
+        line = getattr(self.encoder.encoder, "grid", "square") == "line"
+        return self.memory_tokens_per_page // len(self.encoder.encoder.boxes) if line else None
 
     def page_memory_tokens(self, page_lines) -> list[int]:
-        """Memory tokens each page costs, given its lines: a count (manifest `page_lines`: lines drawn)
-        or a 0/1 mask (ocrmem.memory.lines: blank lines drawn cost nothing) per page."""
+        """Memory tokens each page costs, given its lines: a count (lines drawn) or the caps of its lines
+        (`ocrmem.memory.lines`: blank lines and, with ink-width strips, blank tails cost nothing) per page."""
         per_line = self.memory_tokens_per_line
         return [self.memory_tokens_per_page if per_line is None else
-                int(sum(n) if isinstance(n, (list, tuple)) else n) * per_line for n in page_lines]
+                kept_tokens(n, per_line) if isinstance(n, (list, tuple)) else int(n) * per_line for n in page_lines]
 
     @property
     def device(self) -> torch.device:
@@ -281,8 +281,8 @@ class OcrMemModel(nn.Module):
                      page_lines=None):
         """Insert each sample's soft prompt and memory into its text at memory_pos (default: in front;
         -1: the sample has no memory slot, so no soft prompt either), left-pad the batch; labels are
-        -100 on them and on padding. `page_lines` (line encoders: [P] counts or a [P, L] mask, see
-        `_kept_tokens`) keeps only the tokens of each page's drawn lines: blank lines cost nothing."""
+        -100 on them and on padding. `page_lines` (line encoders: [P] counts or [P, L] caps, see
+        `_kept_tokens`) keeps only the tokens each page's drawn lines pay for (`ocrmem.memory.lines`)."""
         text = self.llm.get_input_embeddings()(input_ids)
         bsz, hid = input_ids.shape[0], text.shape[-1]
         mems = self._split_memory(memory, page_counts, page_lines, bsz, text)
@@ -320,15 +320,15 @@ class OcrMemModel(nn.Module):
         return out
 
     def _kept_tokens(self, memory: torch.Tensor, page_lines) -> list[torch.Tensor]:
-        """Each page's memory tokens [t_p, hidden] its lines pay for (page_lines: [P] counts, [P, L] 0/1 masks)."""
+        """Each page's memory tokens [t_p, hidden] its lines pay for ([P] lines drawn, or [P, L] line caps)."""
         per_line = self.memory_tokens_per_line
         if page_lines is None or per_line is None:
             return list(memory)
         if page_lines.dim() == 1:
             return [memory[p, :int(n) * per_line] for p, n in enumerate(page_lines.tolist())]
         lines = memory.reshape(memory.shape[0], -1, per_line, memory.shape[-1])[:, :page_lines.shape[1]]
-        return [lines[p][page_lines[p].to(lines.device).bool()].reshape(-1, memory.shape[-1])
-                for p in range(memory.shape[0])]
+        keep = torch.arange(per_line, device=lines.device) < page_lines.to(lines.device)[..., None]  # a line's first cap
+        return [lines[p][keep[p]] for p in range(memory.shape[0])]
 
     def forward(self, input_ids, attention_mask, labels=None, page_counts=None, pixel_values=None, features=None,
                 memory_pos=None, page_lines=None, num_items_in_batch=None, **_ignored) -> OcrMemOutput:

@@ -17,7 +17,9 @@ Speed (docs/performance.md "Ingest speed"): the memory runs a graph cut at the f
 CTC head's weights to cached neck features. With `model.recognizer_ink_width` a line's strip is cut
 to the smallest width bucket (multiples of 128 px and of a memory token's frames) holding its ink
 plus PAD pixels; frames past the bucket are not computed and hold the blank strip's features, so a
-line still costs the same memory tokens and its features still depend on its own pixels alone.
+line's features still depend on its own pixels alone, and a line costs only its bucket's memory
+tokens (`ink_tokens`: the tail past it holds nothing but the blank strip's features, so dropping it
+loses nothing; the render stage records the counts, serving computes them from the pages it draws).
 Inked lines are read one at a time (results are bit-identical whatever the batch, thread count or
 order), on `threads` worker threads sharing one single-threaded onnxruntime session.
 
@@ -131,7 +133,7 @@ class LineRecognizerEncoder(nn.Module):
         self.frames = self.width // STRIDE  # per line; a multiple of the projector's pool
         self.out_dim = LAYERS[layer][1]
         self.tokens_per_page = len(self.boxes) * self.frames
-        self.ink_width = ink_width
+        self.ink_width, self.pool = ink_width, pool
         self.buckets = width_buckets(self.width, STRIDE * pool) if ink_width else [self.width]
         self.threads = max(1, threads or torch.get_num_threads())  # lines read at once, one core each
         self._sess = self._reader = self._alphabet = self._head = self._blank = self._pool = None  # built on use
@@ -144,6 +146,13 @@ class LineRecognizerEncoder(nn.Module):
     @classmethod
     def page_tokens(cls, ms: ModelSettings, rs: RenderSettings) -> int:
         return cls(Path(ms.ocr_model_name), rs, ms.recognizer_layer, ms.token_pool).tokens_per_page
+
+    @classmethod
+    def ink_pricer(cls, ms: ModelSettings, rs: RenderSettings) -> "LineRecognizerEncoder | None":
+        """With `recognizer_ink_width`: the geometry (no weights) whose `ink_tokens` prices drawn pages."""
+        if not ms.recognizer_ink_width:
+            return None
+        return cls(Path(ms.ocr_model_name), rs, ms.recognizer_layer, ms.token_pool, ink_width=True)
 
     def __getstate__(self):  # sessions and threads do not pickle: a copy builds its own on first use
         return {**self.__dict__, "_sess": None, "_reader": None, "_pool": None}
@@ -202,6 +211,18 @@ class LineRecognizerEncoder(nn.Module):
                     img = img[:, :next(b for b in self.buckets if b >= min(end, self.width))]
                 out.append(img)
         return out
+
+    def ink_tokens(self, pixel_values: torch.Tensor) -> list[list[int]]:
+        """Memory tokens each grid line of each page pays for with ink-width strips: its strip's bucket in
+        tokens (`pool` frames each), 0 for a line without ink of its own."""
+        per_page, unit = len(self.boxes), STRIDE * self.pool
+        counts = [0 if s is None else s.shape[1] // unit for s in self.line_strips(pixel_values)]
+        return [counts[i:i + per_page] for i in range(0, len(counts), per_page)]
+
+    def ink_rule(self) -> dict:
+        """What `ink_tokens` depends on besides the pixels (the render stage's fingerprint holds it)."""
+        return {"boxes": [list(b) for b in self.boxes], "width": self.width, "buckets": self.buckets,
+                "pool": self.pool, "pad": PAD, "ink": INK, "ink_top": INK_TOP}
 
     def strips(self, pixel_values: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Every line strip at full width, normalised to [-1, 1] ([P x lines, 48, width]), and which

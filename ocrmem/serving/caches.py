@@ -15,7 +15,8 @@ answers exactly as a from-scratch call on the same history does.
 
 Two caches, both keyed by content, so neither can serve something stale:
 * `PageCache` (on the MemoryLLM, shared by its sessions): sha256 of the page's lines, the render
-  settings, the encoder's fingerprint and the trained tensors -> that page's memory embeddings.
+  settings, the encoder's fingerprint and the trained tensors -> that page's memory embeddings (and,
+  with ink-width strips, the memory tokens each of its lines' ink pays for).
   A page whose text changed (the last line rewrapped) has another key and is drawn again.
 * `PrefixCache` (one per session): the LLM's KV cache of the last prompt and the input
   embeddings it was computed from. A new prompt reuses the KV of its longest common prefix of
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ocrmem.memory.lines import page_caps
 from ocrmem.memory.render import clean_line, draw_page, hard_lines, keep_recent, load_font, page_chunks, wrap_hard_line
 
 
@@ -86,14 +88,15 @@ def page_layout(text: str, rs, lines: list[tuple[int, int]] | None = None) -> Pa
 
 
 class PageCache:
-    """Content hash of a page -> its memory embeddings [t, hidden]; least recently used goes first."""
+    """Content hash of a page -> (its memory embeddings [t, hidden], its lines' ink tokens or None); least
+    recently used goes first."""
 
     def __init__(self, max_pages: int = 4096):
         self.max_pages = max_pages
         self._store: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.hits = self.misses = 0
 
-    def get(self, key: str) -> torch.Tensor | None:
+    def get(self, key: str) -> tuple | None:
         v = self._store.get(key)
         if v is None:
             self.misses += 1
@@ -102,7 +105,7 @@ class PageCache:
         self._store.move_to_end(key)
         return v
 
-    def put(self, key: str, value: torch.Tensor) -> None:
+    def put(self, key: str, value: tuple) -> None:
         self._store[key] = value
         self._store.move_to_end(key)
         while len(self._store) > self.max_pages:
@@ -134,7 +137,8 @@ def page_key(base: str, lines: list[str]) -> str:
 class PageEmbedder:
     """Pages of lines -> memory embeddings [P, t, hidden] through the page cache; draws and encodes
     only the pages it has not seen (in one batch, through the encoder's preprocess and the model's
-    embed_memory), and counts what it drew and encoded."""
+    embed_memory), and counts what it drew and encoded. `with_caps` adds the caps of the pages'
+    lines (`ocrmem.memory.lines`), priced by the ink the encoder saw when it cuts lines to their ink."""
 
     model: object
     cache: PageCache
@@ -148,22 +152,37 @@ class PageEmbedder:
             self._base = model_fingerprint(self.model)
         return self._base
 
-    @torch.no_grad()
     def __call__(self, pages: list[list[str]]) -> torch.Tensor:
+        return self.with_caps(pages)[0]
+
+    @torch.no_grad()
+    def with_caps(self, pages: list[list[str]]) -> tuple[torch.Tensor, list[list[int]]]:
+        """(memory embeddings [P, t, hidden], each page's line caps) of pages of lines."""
         keys = [page_key(self.base, p) for p in pages]
         found = [self.cache.get(k) for k in keys]
         todo = [i for i, f in enumerate(found) if f is None]
         if todo:
             rs = self.model.settings.render
             font = load_font(rs.font_path, rs.font_size)
-            images = [draw_page(pages[i], rs, font) for i in todo]
-            self.rendered += len(images)
-            mem = self.model.embed_memory(pixel_values=self.model.encoder.preprocess(images))
-            self.encoded += len(images)
-            for i, m in zip(todo, mem):
-                found[i] = m.clone()  # not a view: the batch it came from can go
+            pixels = self.model.encoder.preprocess([draw_page(pages[i], rs, font) for i in todo])
+            self.rendered += len(todo)
+            mem, ink = self.model.embed_memory(pixel_values=pixels), self.model.encoder.ink_tokens(pixels)
+            self.encoded += len(todo)
+            for j, (i, m) in enumerate(zip(todo, mem)):
+                found[i] = (m.clone(), None if ink is None else ink[j])  # not a view: the batch it came from can go
                 self.cache.put(keys[i], found[i])
-        return torch.stack(found)
+        ink = [f[1] for f in found]
+        caps = page_caps(pages, None if any(i is None for i in ink) else ink)
+        return torch.stack([f[0] for f in found]), caps
+
+
+def drawn_caps(model, pages: list[list[str]]) -> list[list[int]]:
+    """The caps of pages' lines (`ocrmem.memory.lines`) as `PageEmbedder.with_caps` gives them, without
+    encoding the pages (they are drawn only to price their ink)."""
+    rs = model.settings.render
+    font = load_font(rs.font_path, rs.font_size)
+    ink = model.encoder.ink_tokens(model.encoder.preprocess([draw_page(p, rs, font) for p in pages])) if pages else None
+    return page_caps(pages, ink)
 
 
 def crop_cache(cache, n: int) -> None:

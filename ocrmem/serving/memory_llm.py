@@ -18,13 +18,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import accumulate
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 from ocrmem.data.sources import format_chat
-from ocrmem.memory.lines import blank_lines, page_masks
+from ocrmem.memory.lines import blank_lines
 from ocrmem.memory.prompt import clip_prompt, memory_prompt, pad_right, pad_text
 from ocrmem.memory.render import RenderResult, draw_page, load_font, missing_glyphs
 from ocrmem.serving.caches import LineLayout, PageCache, PageEmbedder, PrefixCache, page_layout
@@ -49,12 +50,6 @@ class Answer:
         """Characters on the pages that the font cannot draw (they show as tofu)."""
         rs = self.render_settings
         return missing_glyphs("".join(c for p in self.page_lines for c in p), load_font(rs.font_path, rs.font_size))
-
-
-def drawn_lines(layouts: list) -> torch.Tensor:
-    """[pages, lines] 0/1: the lines of each page of these page layouts whose memory tokens are kept, as the
-    render stage records them for training (`ocrmem.memory.lines`): blank lines cost no memory."""
-    return pad_right(page_masks([p for r in layouts for p in r.pages]), 0)
 
 
 def history_text(history: str | list[dict]) -> str:
@@ -108,10 +103,10 @@ class MemoryLLM:
         p = clip_prompt(self.tokenizer, prompt, self.max_prompt_tokens) if self.max_prompt_tokens else prompt
         return memory_prompt(self.tokenizer, p)
 
-    def _answer(self, paged, ids: list[int]) -> Answer:
+    def _answer(self, paged, ids: list[int], caps: list[list[int]]) -> Answer:
         tok = self.tokenizer
         return Answer(text=tok.decode(ids, skip_special_tokens=True).strip(), cut_chars=paged.cut_chars,
-                      memory_tokens=sum(self.model.page_memory_tokens(drawn_lines([paged]).tolist())),
+                      memory_tokens=sum(self.model.page_memory_tokens(caps)),
                       page_lines=paged.pages,
                       render_settings=self.render_settings, token_ids=ids)
 
@@ -125,15 +120,16 @@ class MemoryLLM:
         out: list[Answer] = []
         for s in range(0, len(prompts), batch_size):
             paged = [page_layout(history_text(h), self.render_settings) for h in histories[s: s + batch_size]]
-            memory = self.pages([p for r in paged for p in r.pages])
+            memory, caps = self.pages.with_caps([p for r in paged for p in r.pages])
             ids, where = zip(*[self.prompt_ids(p) for p in prompts[s: s + batch_size]])
             text = {k: v.to(model.device) for k, v in pad_text(list(ids), tok.pad_token_id).items()}
             counts = torch.tensor([len(r.pages) for r in paged], dtype=torch.long)
             new = model.generate(**text, page_counts=counts, memory=memory, memory_pos=torch.tensor(where),
-                                 page_lines=drawn_lines(paged), max_new_tokens=max_new_tokens)
-            for r, row in zip(paged, new.cpu().tolist()):
+                                 page_lines=pad_right(caps, 0), max_new_tokens=max_new_tokens)
+            starts = [0] + list(accumulate(len(r.pages) for r in paged))
+            for k, (r, row) in enumerate(zip(paged, new.cpu().tolist())):
                 row = row[: next((i + 1 for i, t in enumerate(row) if t == tok.eos_token_id), len(row))]
-                out.append(self._answer(r, row))
+                out.append(self._answer(r, row, caps[starts[k]:starts[k + 1]]))
         return out
 
     def answer(self, history: str | list[dict], prompt: str, max_new_tokens: int = 64) -> Answer:
@@ -173,13 +169,13 @@ class MemorySession:
     def answer(self, prompt: str, max_new_tokens: int = 64) -> Answer:
         llm, model = self.llm, self.llm.model
         paged = self.paged()
-        memory = llm.pages(paged.pages)
+        memory, caps = llm.pages.with_caps(paged.pages)
         ids, where = llm.prompt_ids(prompt)
         text = {k: v.to(model.device) for k, v in pad_text([ids], llm.tokenizer.pad_token_id).items()}
         embeds, mask, pos, _, _ = model.build_inputs(text["input_ids"], text["attention_mask"], None,
                                                      torch.tensor([len(paged.pages)]), memory, torch.tensor([where]),
-                                                     drawn_lines([paged]))
+                                                     pad_right(caps, 0))
         cache, cached = self.prefix.reuse(embeds[0])
         new, cache = model.decode(embeds, mask, pos, max_new_tokens, cache=cache, cached=cached)
         self.prefix.store(embeds[0], cache)
-        return llm._answer(paged, new[0].cpu().tolist())
+        return llm._answer(paged, new[0].cpu().tolist(), caps)

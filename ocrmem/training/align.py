@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ocrmem.memory.lines import line_mask
+from ocrmem.memory.lines import row_caps
 
 CHUNK = 64  # lines read back by the CTC head at once (~460 MB of logits)
 
@@ -53,23 +53,25 @@ def line_targets(text: str, centres: list[float], tokenizer, embeddings: torch.T
 
 def alignment_targets(features: torch.Tensor, page_lines: list[list[int]], encoder, tokenizer,
                       embeddings: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Targets [P, tokens, D] and LLM-token counts [P, tokens] for cached pages [P, lines x T, C] and each
-    page's kept lines (`ocrmem.memory.lines`); counts are -1 on the lines the model drops (blank ones)."""
+    """Targets [P, tokens, D] and LLM-token counts [P, tokens] for cached pages [P, lines x T, C] and the
+    caps of each page's lines (`ocrmem.memory.lines`); counts are -1 on the tokens the model drops (blank
+    lines, and blank tails past a line's cap)."""
     n_lines, frames = len(encoder.boxes), encoder.frames
     lines = features.reshape(len(features), n_lines, frames, features.shape[-1])
-    drawn = [(p, line) for p, mask in enumerate(page_lines) for line, kept in enumerate(mask) if kept]
+    drawn = [(p, line, cap) for p, caps in enumerate(page_lines) for line, cap in enumerate(caps) if cap]
     # Only drawn lines, CHUNK at a time: the CTC head has 18,710 classes, so the logits of every line
     # at once take 7 MB a line (1,024 sheets of 3 lines: 22 GB, killed by the OOM killer).
     best = [b for i in range(0, len(drawn), CHUNK)
-            for b in encoder.ctc_argmax(torch.stack([lines[p, line] for p, line in drawn[i:i + CHUNK]]))]
+            for b in encoder.ctc_argmax(torch.stack([lines[p, line] for p, line, _ in drawn[i:i + CHUNK]]))]
     per_line = frames // k
     targets = torch.zeros(len(features), n_lines * per_line, embeddings.shape[1])
     counts = torch.full((len(features), n_lines * per_line), -1.0)
-    for (p, line), b in zip(drawn, best):
+    for (p, line, cap), b in zip(drawn, best):
         text, centres = ctc_frames(b, encoder.alphabet)
         t, c = line_targets(text, centres, tokenizer, embeddings, k, per_line)
-        targets[p, line * per_line:(line + 1) * per_line] = t
-        counts[p, line * per_line:(line + 1) * per_line] = c
+        n = min(cap, per_line)
+        targets[p, line * per_line:line * per_line + n] = t[:n]
+        counts[p, line * per_line:line * per_line + n] = c[:n]
     return targets, counts
 
 
@@ -120,7 +122,7 @@ def align(settings, model, rows: list[dict], pages) -> dict:
     enc, k = model.encoder.encoder, model.projector.pool.k
     rows = [r for r in rows if r["pages"]]
     feats = torch.cat([pages(r) for r in rows]).float()
-    lines = [m for r in rows for m in line_mask(r["page_lines"], r.get("blank_lines"))]
+    lines = [m for r in rows for m in row_caps(r)]
     emb = model.llm.get_input_embeddings().weight.detach()
     t0 = time.perf_counter()
     targets, counts = alignment_targets(feats, lines, enc, model.tokenizer, emb, k)
