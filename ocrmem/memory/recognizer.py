@@ -148,7 +148,7 @@ class LineRecognizerEncoder(nn.Module):
         return cls(Path(ms.ocr_model_name), rs, ms.recognizer_layer, ms.token_pool).tokens_per_page
 
     @classmethod
-    def ink_pricer(cls, ms: ModelSettings, rs: RenderSettings) -> "LineRecognizerEncoder | None":
+    def ink_pricer(cls, ms: ModelSettings, rs: RenderSettings) -> LineRecognizerEncoder | None:
         """With `recognizer_ink_width`: the geometry (no weights) whose `ink_tokens` prices drawn pages."""
         if not ms.recognizer_ink_width:
             return None
