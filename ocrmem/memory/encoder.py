@@ -302,10 +302,15 @@ class FrozenEncoder(nn.Module):
     def fingerprint(self) -> dict:
         return self.encoder.fingerprint()
 
+    @property
+    def prices_ink(self) -> bool:
+        """Whether the encoder cuts lines to their ink, so a line costs only what its ink reaches."""
+        return bool(getattr(self.encoder, "ink_width", False))
+
     def ink_tokens(self, pixel_values: torch.Tensor) -> list[list[int]] | None:
-        """Memory tokens each grid line of each page pays for, when the encoder cuts lines to their ink
+        """Memory tokens each grid line of each page pays for, when the encoder prices ink
         (`ocrmem.memory.lines`); None when every drawn line costs the same."""
-        return self.encoder.ink_tokens(pixel_values) if getattr(self.encoder, "ink_width", False) else None
+        return self.encoder.ink_tokens(pixel_values) if self.prices_ink else None
 
     def clear_cache(self) -> None:
         """Forget what an encoder memoises (the recognizer's line cache): the next call reads from scratch."""

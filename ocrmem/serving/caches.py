@@ -93,7 +93,7 @@ class PageCache:
 
     def __init__(self, max_pages: int = 4096):
         self.max_pages = max_pages
-        self._store: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._store: OrderedDict[str, tuple[torch.Tensor, list[int] | None]] = OrderedDict()
         self.hits = self.misses = 0
 
     def get(self, key: str) -> tuple | None:
@@ -162,9 +162,7 @@ class PageEmbedder:
         found = [self.cache.get(k) for k in keys]
         todo = [i for i, f in enumerate(found) if f is None]
         if todo:
-            rs = self.model.settings.render
-            font = load_font(rs.font_path, rs.font_size)
-            pixels = self.model.encoder.preprocess([draw_page(pages[i], rs, font) for i in todo])
+            pixels = drawn_pixels(self.model, [pages[i] for i in todo])
             self.rendered += len(todo)
             mem, ink = self.model.embed_memory(pixel_values=pixels), self.model.encoder.ink_tokens(pixels)
             self.encoded += len(todo)
@@ -176,13 +174,19 @@ class PageEmbedder:
         return torch.stack([f[0] for f in found]), caps
 
 
-def drawn_caps(model, pages: list[list[str]]) -> list[list[int]]:
-    """The caps of pages' lines (`ocrmem.memory.lines`) as `PageEmbedder.with_caps` gives them, without
-    encoding the pages (they are drawn only to price their ink)."""
+def drawn_pixels(model, pages: list[list[str]]) -> torch.Tensor:
+    """Pages of lines drawn with the model's render settings, as its encoder takes them."""
     rs = model.settings.render
     font = load_font(rs.font_path, rs.font_size)
-    ink = model.encoder.ink_tokens(model.encoder.preprocess([draw_page(p, rs, font) for p in pages])) if pages else None
-    return page_caps(pages, ink)
+    return model.encoder.preprocess([draw_page(p, rs, font) for p in pages])
+
+
+def drawn_caps(model, pages: list[list[str]]) -> list[list[int]]:
+    """The caps of pages' lines (`ocrmem.memory.lines`) as `PageEmbedder.with_caps` gives them, without
+    encoding the pages (drawn only when the encoder prices their ink)."""
+    if not pages or not model.encoder.prices_ink:
+        return page_caps(pages)
+    return page_caps(pages, model.encoder.ink_tokens(drawn_pixels(model, pages)))
 
 
 def crop_cache(cache, n: int) -> None:
